@@ -1,0 +1,216 @@
+"""The disk store: entries (metadata + image bytes), hit counters and global stats.
+
+Layout inside the cache folder (two diskcache caches, so that counters are never evicted):
+
+    entries/   ("meta", key) -> metadata dict       (small: SQLite row)
+               ("blob", key, i) -> image bytes      (>= 32 KiB: a file of its own)
+               ("hits", key) -> (count, last_hit_at)
+    state/     counters, rate-limiter and lock records; eviction_policy "none"
+
+Blobs are written before their metadata and read after it, so metadata is the commit
+marker: an entry whose blob is missing (evicted, deleted by hand) or whose bytes no longer
+match the SHA-256 in the metadata is treated as a miss and removed. Counters for hits are
+kept in memory and flushed in batches, so a hit costs no SQLite write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+STAT_NAMES = ("hits", "misses", "upstream_calls", "stale_served", "bytes_served_from_cache")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One generated image as stored: its bytes and what Stability said about it."""
+
+    data: bytes
+    seed: int
+    finish_reason: str = "SUCCESS"
+    media_type: str = "image/png"
+
+
+@dataclass
+class Entry:
+    key: str
+    artifacts: list[Artifact]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(a.data) for a in self.artifacts)
+
+
+class DiskStore:
+    """diskcache-backed storage of generation results. Every method blocks: call from a thread."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        size_limit: int = 10 * 1024**3,
+        eviction_policy: str = "least-recently-stored",
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.entries = diskcache.Cache(
+            str(self.directory / "entries"),
+            size_limit=size_limit,
+            eviction_policy=eviction_policy,
+        )
+        self.state = diskcache.Cache(str(self.directory / "state"), eviction_policy="none")
+        self._pending: Counter[str] = Counter()
+        self._pending_hits: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    # -- entries -------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        meta = self.entries.get(("meta", key))
+        if meta is None:
+            return None
+        artifacts = []
+        for i, info in enumerate(meta["artifacts"]):
+            data = self.entries.get(("blob", key, i))
+            if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != info["sha256"]:
+                self.delete(key)
+                return None
+            artifacts.append(
+                Artifact(data, int(info["seed"]), info["finish_reason"], info["media_type"])
+            )
+        return Entry(key, artifacts, meta)
+
+    def get_meta(self, key: str) -> dict[str, Any] | None:
+        meta = self.entries.get(("meta", key))
+        if meta is None:
+            return None
+        return self._with_hits(meta)
+
+    def put(self, entry: Entry) -> dict[str, Any]:
+        """Store bytes then metadata; returns the metadata as stored."""
+        now = time.time()
+        meta = dict(entry.meta)
+        meta.update(
+            key=entry.key,
+            created_at=now,
+            bytes=entry.nbytes,
+            artifacts=[
+                {
+                    "seed": a.seed,
+                    "finish_reason": a.finish_reason,
+                    "media_type": a.media_type,
+                    "bytes": len(a.data),
+                    "sha256": hashlib.sha256(a.data).hexdigest(),
+                }
+                for a in entry.artifacts
+            ],
+        )
+        old = self.entries.get(("meta", entry.key))
+        for i, artifact in enumerate(entry.artifacts):
+            self.entries.set(("blob", entry.key, i), artifact.data)
+        if old is not None:
+            for i in range(len(entry.artifacts), len(old["artifacts"])):
+                self.entries.delete(("blob", entry.key, i))
+        self.entries.set(("meta", entry.key), meta)
+        self.entries.delete(("hits", entry.key))
+        return meta
+
+    def delete(self, key: str) -> bool:
+        meta = self.entries.pop(("meta", key), None)
+        count = len(meta["artifacts"]) if meta else 0
+        for i in range(max(count, 1)):
+            self.entries.delete(("blob", key, i))
+        self.entries.delete(("hits", key))
+        with self._lock:
+            self._pending_hits.pop(key, None)
+        return meta is not None
+
+    def iter_meta(self) -> Iterator[dict[str, Any]]:
+        for k in list(self.entries.iterkeys()):
+            if isinstance(k, tuple) and k[0] == "meta":
+                meta = self.entries.get(k)
+                if meta is not None:
+                    yield self._with_hits(meta)
+
+    def list_meta(self, limit: int = 50, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """(total, page) newest first. Scans every entry: fine for the thousands of images a
+        team keeps; an index would be the next step beyond that."""
+        self.flush()
+        metas = sorted(self.iter_meta(), key=lambda m: m["created_at"], reverse=True)
+        return len(metas), metas[offset : offset + limit]
+
+    def purge(self) -> int:
+        count = sum(1 for k in self.entries.iterkeys() if isinstance(k, tuple) and k[0] == "meta")
+        self.entries.clear()
+        with self._lock:
+            self._pending_hits.clear()
+        return count
+
+    def _with_hits(self, meta: dict[str, Any]) -> dict[str, Any]:
+        hits, last = self.entries.get(("hits", meta["key"]), (0, None))
+        with self._lock:
+            extra, extra_last = self._pending_hits.get(meta["key"], (0, None))
+        return {**meta, "hits": hits + extra, "last_hit_at": extra_last or last}
+
+    # -- counters ------------------------------------------------------------------------
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Count an event in memory; flush() adds it to the shared totals."""
+        with self._lock:
+            self._pending[name] += amount
+
+    def count_hit(self, key: str, nbytes: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._pending["hits"] += 1
+            self._pending["bytes_served_from_cache"] += nbytes
+            hits, _ = self._pending_hits.get(key, (0, now))
+            self._pending_hits[key] = (hits + 1, now)
+
+    def flush(self) -> None:
+        """Add this process's pending counts to the shared totals (one transaction)."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+            hits, self._pending_hits = self._pending_hits, {}
+        if not pending and not hits:
+            return
+        with self.state.transact():
+            for name, amount in pending.items():
+                self.state.incr(("stat", name), amount, default=0)
+        for key, (count, last) in hits.items():
+            with self.entries.transact():
+                if ("meta", key) not in self.entries:
+                    continue
+                old, _ = self.entries.get(("hits", key), (0, None))
+                self.entries.set(("hits", key), (old + count, last))
+
+    def stats(self) -> dict[str, Any]:
+        self.flush()
+        totals = {name: int(self.state.get(("stat", name), 0)) for name in STAT_NAMES}
+        entries = 0
+        image_bytes = 0
+        for meta in self.iter_meta():
+            entries += 1
+            image_bytes += int(meta.get("bytes", 0))
+        lookups = totals["hits"] + totals["misses"]
+        return {
+            "entries": entries,
+            "bytes": image_bytes,
+            "disk_bytes": int(self.entries.volume()),
+            **totals,
+            "hit_ratio": round(totals["hits"] / lookups, 4) if lookups else 0.0,
+        }
+
+    def close(self) -> None:
+        self.flush()
+        self.entries.close()
+        self.state.close()

@@ -1,0 +1,242 @@
+"""Settings: embedded defaults, overridden by a TOML file, overridden by the environment.
+
+The embedded defaults below are the same values `config.toml` documents (a test keeps the
+two in step), so the gateway starts with no file at all: offline, cache under
+`.stability-gateway/cache`, no key needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["online", "offline", "replay"]
+MODES: tuple[str, ...] = ("online", "offline", "replay")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, misspelt or out of range; raised before the server starts."""
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    mode: str = ""
+    upstream_url: str = "https://api.stability.ai"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    dir: str = ".stability-gateway/cache"
+    size_limit_bytes: int = 10 * 1024**3
+    ttl_seconds: float = 0
+    random_seed_policy: str = "cache"
+    allow_cached_default: bool = False
+    memory_tier_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    limit: int = 150
+    period_seconds: float = 60
+    max_wait_seconds: float = 90
+    margin_seconds: float = 0.1
+    cooldown_seconds: float = 60
+    backend: str = "disk"
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    attempts: int = 3
+    backoff_initial_seconds: float = 1
+    backoff_max_seconds: float = 30
+    jitter_seconds: float = 1
+
+
+@dataclass(frozen=True)
+class TimeoutSettings:
+    connect_seconds: float = 10
+    read_seconds: float = 120
+    deadline_seconds: float = 300
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    token: str = ""
+
+
+def _default_parameters() -> dict[str, dict[str, Any]]:
+    return {
+        "text_to_image": {
+            "cfg_scale": 7,
+            "steps": 30,
+            "samples": 1,
+            "seed": 0,
+            "width": 512,
+            "height": 512,
+        },
+        "text_to_image_sdxl": {"width": 1024, "height": 1024},
+    }
+
+
+@dataclass(frozen=True)
+class Settings:
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=_default_parameters)
+    # The upstream key is read from the environment only, never from a file, and never
+    # printed: repr=False keeps it out of any log line that formats the settings.
+    api_key: str = field(default="", repr=False)
+
+    @property
+    def mode(self) -> str:
+        """The mode in force: the configured one, else online exactly when a key is set."""
+        if self.gateway.mode:
+            return self.gateway.mode
+        return "online" if self.api_key else "offline"
+
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with some sections' fields changed: `s.replace(cache={"dir": "x"})`."""
+        changes: dict[str, Any] = {}
+        for name, values in sections.items():
+            current = getattr(self, name)
+            if dataclasses.is_dataclass(current):
+                changes[name] = dataclasses.replace(current, **values)
+            else:
+                changes[name] = values
+        return dataclasses.replace(self, **changes)
+
+
+# Environment variable -> (section, field, type).
+ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
+    "STABILITY_GATEWAY_UPSTREAM_URL": ("gateway", "upstream_url", str),
+    "STABILITY_GATEWAY_MODE": ("gateway", "mode", str),
+    "STABILITY_GATEWAY_CACHE_DIR": ("cache", "dir", str),
+    "STABILITY_GATEWAY_ADMIN_TOKEN": ("admin", "token", str),
+    "STABILITY_GATEWAY_RATE_LIMIT": ("rate_limit", "limit", int),
+    "STABILITY_GATEWAY_RATE_PERIOD": ("rate_limit", "period_seconds", float),
+    "STABILITY_GATEWAY_RATE_BACKEND": ("rate_limit", "backend", str),
+    "STABILITY_GATEWAY_RATE_MAX_WAIT": ("rate_limit", "max_wait_seconds", float),
+    "STABILITY_GATEWAY_RATE_MARGIN": ("rate_limit", "margin_seconds", float),
+    "STABILITY_GATEWAY_COOLDOWN": ("rate_limit", "cooldown_seconds", float),
+    "STABILITY_GATEWAY_RETRY_ATTEMPTS": ("retry", "attempts", int),
+    "STABILITY_GATEWAY_BACKOFF_INITIAL": ("retry", "backoff_initial_seconds", float),
+    "STABILITY_GATEWAY_BACKOFF_MAX": ("retry", "backoff_max_seconds", float),
+    "STABILITY_GATEWAY_BACKOFF_JITTER": ("retry", "jitter_seconds", float),
+    "STABILITY_GATEWAY_CONNECT_TIMEOUT": ("timeouts", "connect_seconds", float),
+    "STABILITY_GATEWAY_READ_TIMEOUT": ("timeouts", "read_seconds", float),
+    "STABILITY_GATEWAY_DEADLINE": ("timeouts", "deadline_seconds", float),
+    "STABILITY_GATEWAY_TTL": ("cache", "ttl_seconds", float),
+    "STABILITY_GATEWAY_RANDOM_SEED_POLICY": ("cache", "random_seed_policy", str),
+    "STABILITY_GATEWAY_ALLOW_CACHED": ("cache", "allow_cached_default", bool),
+    "STABILITY_GATEWAY_MEMORY_TIER_BYTES": ("cache", "memory_tier_bytes", int),
+    "STABILITY_GATEWAY_LOG_LEVEL": ("gateway", "log_level", str),
+}
+
+_SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin")
+
+
+def _coerce(value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _section_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown setting(s) {', '.join(unknown)}")
+    base = cls()
+    kwargs = {
+        name: _coerce(v, type(getattr(base, name)), f"[{where}] {name}")
+        for name, v in values.items()
+    }
+    return cls(**kwargs)
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Build settings from a parsed TOML document; unknown sections or keys are errors."""
+    unknown = sorted(set(data) - {*_SECTIONS, "defaults"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
+    sections = {
+        name: _section_from(type(getattr(Settings(), name)), data.get(name, {}), name)
+        for name in _SECTIONS
+    }
+    defaults = _default_parameters()
+    for group, values in data.get("defaults", {}).items():
+        defaults.setdefault(group, {}).update(values)
+    return Settings(**sections, defaults=defaults)
+
+
+def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Environment variables win over the file (twelve-factor style)."""
+    changes: dict[str, dict[str, Any]] = {}
+    for var, (section, name, kind) in ENV_OVERRIDES.items():
+        if var in environ:
+            changes.setdefault(section, {})[name] = _coerce(environ[var], kind, var)
+    settings = settings.replace(**changes)
+    if environ.get("STABILITY_API_KEY"):
+        settings = dataclasses.replace(settings, api_key=environ["STABILITY_API_KEY"])
+    return settings
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject settings the gateway cannot honour, with a message naming the setting."""
+    if settings.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
+    if settings.cache.random_seed_policy not in ("cache", "refresh"):
+        raise ConfigError("[cache] random_seed_policy must be 'cache' or 'refresh'")
+    if settings.rate_limit.backend not in ("disk", "memory"):
+        raise ConfigError("[rate_limit] backend must be 'disk' or 'memory'")
+    if settings.rate_limit.limit < 1 or settings.rate_limit.period_seconds <= 0:
+        raise ConfigError("[rate_limit] limit must be >= 1 and period_seconds > 0")
+    if settings.retry.attempts < 1:
+        raise ConfigError("[retry] attempts must be >= 1")
+    return settings
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Embedded defaults <- TOML file (explicit path, $STABILITY_GATEWAY_CONFIG, or ./config.toml
+    when present) <- environment."""
+    environ = os.environ if environ is None else environ
+    chosen = path or environ.get("STABILITY_GATEWAY_CONFIG")
+    if chosen is None and Path("config.toml").is_file():
+        chosen = "config.toml"
+    data: dict[str, Any] = {}
+    if chosen:
+        try:
+            with open(chosen, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {chosen}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{chosen}: {exc}") from None
+    return validate(apply_environment(settings_from_mapping(data), environ))

@@ -1,0 +1,64 @@
+"""What a generation route hands the pipeline, and what it must be able to do.
+
+Routes differ only in how they parse a request, what they send upstream, how they decode
+the upstream's answer and how they render an entry. Everything else (cache lookup, policy,
+single-flight, rate limit, retries, validation of images, storage, fallback) is the
+pipeline's, once, for every route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cache.store import Artifact
+
+
+@dataclass
+class UpstreamRequest:
+    """Exactly what goes upstream (the filled-in request the key was computed from)."""
+
+    method: str
+    path: str
+    json: Any = None
+    data: dict[str, Any] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    accept: str = "application/json"
+
+
+@dataclass
+class Generation:
+    """A parsed, validated generation request."""
+
+    route: str  # route template in the key, e.g. "v1/text-to-image"
+    engine: str
+    key: str
+    upstream: UpstreamRequest
+    want: str  # the caller's format: "json" or "image"
+    expected_size: tuple[int, int] | None  # (width, height) the images must have
+    expected_formats: tuple[str, ...] = ("PNG",)  # Pillow format names accepted
+    random_seed: bool = False  # seed 0/absent: each upstream call gives a new image
+    summary: dict[str, Any] = field(default_factory=dict)  # shown by cache inspection
+    v2: bool = False  # error bodies in v2beta's shape
+
+
+class RouteSpec(Protocol):
+    """The route-specific half of a generation endpoint."""
+
+    v2: bool
+
+    async def parse(self, request: Request) -> Generation: ...
+
+    def decode(self, response: httpx.Response, generation: Generation) -> list[Artifact]:
+        """Turn a 200 upstream answer into artifacts; raise UpstreamError when unusable."""
+        ...
+
+    def render(
+        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+    ) -> Response: ...
+
+    def placeholder(self, generation: Generation) -> list[Artifact]: ...

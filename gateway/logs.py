@@ -1,0 +1,52 @@
+"""Logging set-up with a last line of defence for secrets.
+
+The code never formats a key into a message; this filter makes sure that stays true for
+messages it does not control (library errors that echo headers, say): every known secret
+and anything after `Bearer ` is replaced with `***` before a record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
+
+
+class RedactSecrets(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return _BEARER.sub(r"\1***", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def configure_logging(level: str, secrets: list[str]) -> None:
+    """One handler on the root logger, every record through the redaction filter.
+
+    Idempotent: called again (each uvicorn worker builds its own app) it replaces its
+    handler instead of adding a second.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_stability_gateway", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler._stability_gateway = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets(secrets))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        for h in logging.getLogger(name).handlers:
+            h.addFilter(RedactSecrets(secrets))

@@ -1,0 +1,97 @@
+"""The cache decision, as a pure function of the request's controls and the entry found.
+
+Kept free of I/O so every combination can be tested directly; the pipeline logs the
+decision's reason and carries it out.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+
+
+class Action(enum.Enum):
+    SERVE = "serve"  # answer from the entry found
+    FETCH = "fetch"  # ask the upstream (then store, unless no-store)
+    PLACEHOLDER = "placeholder"  # offline: draw one
+    MISS = "miss"  # 504: not cached and not allowed to ask
+
+
+@dataclass(frozen=True)
+class Controls:
+    no_cache: bool = False  # ask the upstream even on a hit, then store
+    no_store: bool = False  # neither read nor write the cache
+    only_if_cached: bool = False  # never the upstream: 504 on a miss
+    allow_cached: bool = False  # a failed upstream call may be answered with the entry
+
+    @classmethod
+    def from_headers(cls, headers: Headers, *, allow_cached_default: bool) -> Controls:
+        directives = {
+            d.strip().lower().split("=")[0]
+            for d in headers.get("cache-control", "").split(",")
+            if d.strip()
+        }
+        allow = headers.get("x-allow-cached")
+        return cls(
+            no_cache="no-cache" in directives,
+            no_store="no-store" in directives,
+            only_if_cached="only-if-cached" in directives,
+            allow_cached=(
+                allow.strip().lower() in ("1", "true", "yes")
+                if allow is not None
+                else allow_cached_default
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    stale: bool = False  # the entry may still serve as a fallback if the upstream fails
+    store: bool = True
+
+
+def decide(
+    *,
+    mode: str,
+    controls: Controls,
+    meta: dict[str, Any] | None,
+    now: float,
+    ttl: float,
+    refresh_random: bool,
+    random_seed: bool,
+) -> Decision:
+    """What to do with one request. `meta` is the entry's metadata, or None on a miss."""
+    if controls.no_store:
+        if mode == "offline":
+            return Decision(Action.PLACEHOLDER, "no-store, offline", store=False)
+        if mode == "replay" or controls.only_if_cached:
+            return Decision(Action.MISS, "no-store: the cache may not be read", store=False)
+        return Decision(Action.FETCH, "no-store", store=False)
+
+    if mode in ("offline", "replay"):
+        if meta is not None and not (mode == "offline" and controls.no_cache):
+            return Decision(Action.SERVE, f"{mode}: hit")
+        if mode == "offline":
+            return Decision(Action.PLACEHOLDER, "offline: miss")
+        return Decision(Action.MISS, "replay: not cached")
+
+    real = meta is not None and meta.get("source") != "offline"
+    expired = real and ttl > 0 and now - float(meta["created_at"]) > ttl  # type: ignore[index]
+    if controls.only_if_cached:
+        if real:
+            return Decision(Action.SERVE, "only-if-cached: hit")
+        return Decision(Action.MISS, "only-if-cached: not cached")
+    if not real:
+        return Decision(Action.FETCH, "miss")
+    if controls.no_cache:
+        return Decision(Action.FETCH, "no-cache: refresh", stale=True)
+    if expired:
+        return Decision(Action.FETCH, "expired", stale=True)
+    if refresh_random and random_seed:
+        return Decision(Action.FETCH, "random seed: fresh image", stale=True)
+    return Decision(Action.SERVE, "hit")

@@ -1,0 +1,1 @@
+"""Generation routes: each module supplies parsing, keying and rendering for one family."""

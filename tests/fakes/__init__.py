@@ -1,0 +1,41 @@
+"""Test doubles for end-to-end tests: a fake Stability API, image helpers, a gateway runner."""
+
+from tests.fakes.gateway_process import GatewayProcess, GatewayStartError, gateway_env
+from tests.fakes.images import image_size, open_image, png_bytes
+from tests.fakes.stability import (
+    V2_ASPECT_SIZES,
+    Call,
+    FakeStability,
+    error,
+    hang,
+    invalid_base64,
+    key_hash,
+    not_an_image,
+    ok,
+    reset_mid_body,
+    status_body,
+    truncated_json,
+    wrong_size,
+)
+
+__all__ = [
+    "V2_ASPECT_SIZES",
+    "Call",
+    "FakeStability",
+    "GatewayProcess",
+    "GatewayStartError",
+    "error",
+    "gateway_env",
+    "hang",
+    "image_size",
+    "invalid_base64",
+    "key_hash",
+    "not_an_image",
+    "ok",
+    "open_image",
+    "png_bytes",
+    "reset_mid_body",
+    "status_body",
+    "truncated_json",
+    "wrong_size",
+]

@@ -1,0 +1,766 @@
+"""A fake Stability AI REST API, served over real HTTP, for end-to-end tests of the gateway.
+
+The gateway talks to upstream through httpx, so faults must happen on a real socket (timeouts,
+dropped connections, bad bodies) to exercise the same code paths as production. The fake runs
+uvicorn in a background thread on 127.0.0.1 and a free port, records every request, and answers
+each generation request according to a per-test script of behaviours:
+
+    with FakeStability() as fake:
+        fake.script(error(429, "rate_limit_exceeded", headers={"Retry-After": "2"}), ok())
+        ...  # point the gateway at fake.url
+        assert len(fake.generation_calls()) == 2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import uvicorn
+from PIL import UnidentifiedImageError
+from starlette.applications import Starlette
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.fakes.images import image_bytes, image_size
+
+# Output size of the v2beta endpoints, which take an aspect ratio instead of a width and height.
+V2_ASPECT_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "16:9": (1344, 768),
+    "9:16": (768, 1344),
+    "21:9": (1536, 640),
+    "9:21": (640, 1536),
+    "2:3": (832, 1248),
+    "3:2": (1216, 832),
+    "4:5": (896, 1120),
+    "5:4": (1120, 896),
+}
+
+V2_FORMATS = ("png", "jpeg", "webp")
+INVALID_BASE64 = "!!!notbase64@@"
+NOT_AN_IMAGE = b"this is not a png"
+
+
+def key_hash(authorization: str) -> str:
+    """The short hash of an Authorization header that account routes echo back as `who`.
+
+    Echoing a hash rather than the key lets tests check which key reached upstream (and that
+    keys are never mixed between callers) without the fake ever reflecting a secret.
+    """
+    return hashlib.sha256(authorization.encode()).hexdigest()[:8]
+
+
+# --- Behaviours: what the fake does with the next generation request -------------------------
+
+
+@dataclass(frozen=True)
+class Ok:
+    """A normal answer; width/height force the produced image's size (to fake a wrong size)."""
+
+    delay: float = 0.0
+    finish_reason: str = "SUCCESS"
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    noisy: bool = False
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """An error in Stability's JSON shape; v2=None picks the shape of the route that was hit."""
+
+    status: int
+    name: str = "server_error"
+    message: str = "An unexpected server error occurred, please try again."
+    headers: Mapping[str, str] | None = None
+    delay: float = 0.0
+    v2: bool | None = None
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A 200 that the gateway must not trust: broken transport, JSON, base64 or image."""
+
+    kind: Literal["reset_mid_body", "truncated_json", "invalid_base64", "not_an_image"]
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """Any status and body, for cases the other behaviours do not cover."""
+
+    status: int
+    body: bytes
+    content_type: str
+    delay: float = 0.0
+
+
+Behaviour = Ok | ApiError | Malformed | RawBody
+
+
+def ok(
+    *,
+    delay: float = 0.0,
+    finish_reason: str = "SUCCESS",
+    seed: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    noisy: bool = False,
+) -> Ok:
+    """Answer normally (after `delay` seconds), e.g. finish_reason="CONTENT_FILTERED"."""
+    return Ok(delay, finish_reason, seed, width, height, noisy)
+
+
+def error(
+    status: int,
+    name: str = "server_error",
+    message: str = "An unexpected server error occurred, please try again.",
+    *,
+    headers: Mapping[str, str] | None = None,
+    delay: float = 0.0,
+    v2: bool | None = None,
+) -> ApiError:
+    """Answer with an error, e.g. error(429, "rate_limit_exceeded", headers={"Retry-After": "2"}).
+
+    v1 body: {"id", "name", "message"}; v2 body: {"id", "name", "errors": [message]}. By default
+    the shape follows the route; pass v2=True/False to force one.
+    """
+    return ApiError(status, name, message, headers, delay, v2)
+
+
+def hang(seconds: float) -> Ok:
+    """Wait `seconds` before answering normally, so a gateway with a shorter timeout gives up."""
+    return Ok(delay=seconds)
+
+
+def reset_mid_body(*, delay: float = 0.0) -> Malformed:
+    """Send the headers and half the body of a normal answer, then drop the connection."""
+    return Malformed("reset_mid_body", delay)
+
+
+def truncated_json(*, delay: float = 0.0) -> Malformed:
+    """200 application/json whose body is a valid answer cut in half (whatever was Accepted)."""
+    return Malformed("truncated_json", delay)
+
+
+def invalid_base64(*, delay: float = 0.0) -> Malformed:
+    """200 JSON answer whose image base64 is not base64 at all."""
+    return Malformed("invalid_base64", delay)
+
+
+def not_an_image(*, delay: float = 0.0) -> Malformed:
+    """200 answer whose image is b"this is not a png" (base64 in JSON, raw bytes otherwise)."""
+    return Malformed("not_an_image", delay)
+
+
+def wrong_size(*, delay: float = 0.0) -> Ok:
+    """A normal answer except that the image is 64x64 whatever size was asked."""
+    return Ok(delay=delay, width=64, height=64)
+
+
+def status_body(
+    status: int,
+    body: bytes,
+    content_type: str = "application/octet-stream",
+    *,
+    delay: float = 0.0,
+) -> RawBody:
+    """Answer with exactly this status, body and content type."""
+    return RawBody(status, body, content_type, delay)
+
+
+# --- Recording ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the fake received it."""
+
+    t: float  # time.time() when the request arrived, before its body was read
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    body: bytes
+    query: str
+
+    def json(self) -> Any:
+        """The body parsed as JSON (v1 text-to-image requests)."""
+        return json.loads(self.body)
+
+
+def count_max_in_window(times: Sequence[float], window: float) -> int:
+    """Most arrivals in any half-open window [t, t + window).
+
+    A busiest window can always be slid right until it starts at an arrival, so checking
+    windows that start at each arrival is enough.
+    """
+    ordered = sorted(times)
+    return max(
+        (bisect.bisect_left(ordered, start + window) - i for i, start in enumerate(ordered)),
+        default=0,
+    )
+
+
+# --- Generation requests -----------------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    """The request cannot be answered the way Stability would; becomes a 400."""
+
+
+class _IntentionalReset(Exception):
+    """Raised mid-response so uvicorn closes the connection (the reset_mid_body behaviour)."""
+
+
+@dataclass(frozen=True)
+class _GenRequest:
+    """What a generation request asks for, whatever route and encoding it came in."""
+
+    v2: bool
+    raw: bool  # the caller Accepts image bytes rather than JSON
+    width: int
+    height: int
+    samples: int = 1
+    seed: int = 0  # 0 means "server picks"
+    fmt: str = "png"
+
+
+@dataclass(frozen=True)
+class _Artifact:
+    data: bytes
+    seed: int
+    finish_reason: str
+
+
+def _int_field(value: str | UploadFile | Any | None, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(str(value))
+    except ValueError as exc:
+        raise _BadRequest(f"not an integer: {value!r}") from exc
+
+
+async def _init_image_size(form: FormData) -> tuple[int, int]:
+    upload = form.get("init_image")
+    if not isinstance(upload, UploadFile):
+        raise _BadRequest("init_image: required file is missing")
+    try:
+        return image_size(await upload.read())
+    except (UnidentifiedImageError, OSError) as exc:
+        raise _BadRequest("init_image: not a decodable image") from exc
+
+
+def _v1_raw(request: Request) -> bool:
+    return "image/png" in request.headers.get("accept", "")
+
+
+async def _parse_v1_text(request: Request) -> _GenRequest:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise _BadRequest("body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise _BadRequest("body must be a JSON object")
+    return _GenRequest(
+        v2=False,
+        raw=_v1_raw(request),
+        width=_int_field(body.get("width"), 512),
+        height=_int_field(body.get("height"), 512),
+        samples=_int_field(body.get("samples"), 1),
+        seed=_int_field(body.get("seed"), 0),
+    )
+
+
+async def _parse_v1_image(request: Request) -> _GenRequest:
+    form = await request.form()
+    width, height = await _init_image_size(form)
+    return _GenRequest(
+        v2=False,
+        raw=_v1_raw(request),
+        width=width,
+        height=height,
+        samples=_int_field(form.get("samples"), 1),
+        seed=_int_field(form.get("seed"), 0),
+    )
+
+
+async def _parse_v1_upscale(request: Request) -> _GenRequest:
+    form = await request.form()
+    init_width, init_height = await _init_image_size(form)
+    width = _int_field(form.get("width"), 0)
+    height = _int_field(form.get("height"), 0)
+    if width and not height:
+        height = round(width * init_height / init_width)
+    elif height and not width:
+        width = round(height * init_width / init_height)
+    elif not width and not height:
+        width, height = 2 * init_width, 2 * init_height
+    return _GenRequest(
+        v2=False,
+        raw=_v1_raw(request),
+        width=width,
+        height=height,
+        seed=_int_field(form.get("seed"), 0),
+    )
+
+
+async def _parse_v2(request: Request) -> _GenRequest:
+    form = await request.form()
+    aspect_ratio = str(form.get("aspect_ratio") or "1:1")
+    fmt = str(form.get("output_format") or "png")
+    if aspect_ratio not in V2_ASPECT_SIZES:
+        raise _BadRequest(f"aspect_ratio: must be one of {', '.join(V2_ASPECT_SIZES)}")
+    if fmt not in V2_FORMATS:
+        raise _BadRequest(f"output_format: must be one of {', '.join(V2_FORMATS)}")
+    width, height = V2_ASPECT_SIZES[aspect_ratio]
+    return _GenRequest(
+        v2=True,
+        raw="application/json" not in request.headers.get("accept", ""),
+        width=width,
+        height=height,
+        seed=_int_field(form.get("seed"), 0),
+        fmt=fmt,
+    )
+
+
+# The one route table for generation: path -> how to read what the request asks for.
+GENERATION_ROUTES: dict[str, Callable[[Request], Awaitable[_GenRequest]]] = {
+    "/v1/generation/{engine_id}/text-to-image": _parse_v1_text,
+    "/v1/generation/{engine_id}/image-to-image": _parse_v1_image,
+    "/v1/generation/{engine_id}/image-to-image/masking": _parse_v1_image,
+    "/v1/generation/{engine_id}/image-to-image/upscale": _parse_v1_upscale,
+    "/v2beta/stable-image/generate/{model}": _parse_v2,
+}
+_GENERATION_PATTERNS = [compile_path(path)[0] for path in GENERATION_ROUTES]
+
+
+def is_generation(method: str, path: str) -> bool:
+    """Whether a request hits one of the scripted generation routes."""
+    return method == "POST" and any(p.match(path) for p in _GENERATION_PATTERNS)
+
+
+# --- Responses -----------------------------------------------------------------------------
+
+
+def _error_response(behaviour: ApiError, *, v2: bool) -> JSONResponse:
+    detail_key = "errors" if v2 else "message"
+    detail: str | list[str] = [behaviour.message] if v2 else behaviour.message
+    return JSONResponse(
+        {"id": uuid.uuid4().hex, "name": behaviour.name, detail_key: detail},
+        status_code=behaviour.status,
+        headers=dict(behaviour.headers or {}),
+    )
+
+
+def _json_payload(req: _GenRequest, artifacts: list[_Artifact], b64: str | None = None) -> Any:
+    """Stability's JSON answer; `b64` replaces every image's base64 (to corrupt it)."""
+
+    def encode(artifact: _Artifact) -> str:
+        return b64 if b64 is not None else base64.b64encode(artifact.data).decode()
+
+    if req.v2:
+        first = artifacts[0]
+        return {"image": encode(first), "finish_reason": first.finish_reason, "seed": first.seed}
+    return {
+        "artifacts": [
+            {"base64": encode(a), "seed": a.seed, "finishReason": a.finish_reason}
+            for a in artifacts
+        ]
+    }
+
+
+def _success_response(req: _GenRequest, artifacts: list[_Artifact]) -> Response:
+    """Image bytes with finish-reason/seed headers, or JSON, as the request's Accept asked."""
+    if not req.raw:
+        return JSONResponse(_json_payload(req, artifacts))
+    first = artifacts[0]
+    return Response(
+        first.data,
+        media_type=f"image/{req.fmt}",
+        headers={"Finish-Reason": first.finish_reason, "Seed": str(first.seed)},
+    )
+
+
+class _ResetMidBodyResponse(Response):
+    """Declares the full Content-Length, sends half the body, then breaks the connection.
+
+    Raising after a partial `more_body=True` send makes uvicorn close the transport, so the
+    client sees EOF before Content-Length bytes arrived (httpx: RemoteProtocolError).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        half = self.body[: len(self.body) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
+        raise _IntentionalReset("reset_mid_body behaviour")
+
+
+class _DropIntentionalReset(logging.Filter):
+    """Keeps uvicorn from logging a traceback for resets the fake causes on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _IntentionalReset))
+
+
+_RESET_LOG_FILTER = _DropIntentionalReset()
+
+
+# --- The server ----------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """Everything tests and the server thread share; guarded by FakeStability._lock."""
+
+    queue: deque[Behaviour] = field(default_factory=deque)
+    default: Behaviour = field(default_factory=Ok)
+    calls: list[Call] = field(default_factory=list)
+    generations: int = 0
+    in_flight: int = 0
+    peak: int = 0
+
+
+class FakeStability:
+    """The fake Stability API on http://127.0.0.1:<free port>; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self.port = 0
+        self.app = self._build_app()
+
+    # Scripting and inspection (called from the test thread).
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def default(self) -> Behaviour:
+        """What generation requests get once the script is used up (initially ok())."""
+        with self._lock:
+            return self._state.default
+
+    @default.setter
+    def default(self, behaviour: Behaviour) -> None:
+        with self._lock:
+            self._state.default = behaviour
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours for the next generation requests, one each, in order."""
+        with self._lock:
+            self._state.queue.extend(behaviours)
+
+    def reset(self) -> None:
+        """Forget script, calls, counters and default, so a shared fake starts each test clean.
+
+        Requests still in flight keep counting towards concurrency_peak until they finish.
+        """
+        with self._lock:
+            in_flight = self._state.in_flight
+            self._state = _State(in_flight=in_flight, peak=in_flight)
+
+    @property
+    def calls(self) -> list[Call]:
+        """A snapshot of every request received so far, in arrival-recording order."""
+        with self._lock:
+            return list(self._state.calls)
+
+    def generation_calls(self) -> list[Call]:
+        return [c for c in self.calls if is_generation(c.method, c.path)]
+
+    def max_in_window(self, window_seconds: float) -> int:
+        """Most generation-call arrivals in any [t, t + window_seconds): rate-limit checks."""
+        return count_max_in_window([c.t for c in self.generation_calls()], window_seconds)
+
+    @property
+    def concurrency_peak(self) -> int:
+        """Most generation requests in flight at once (arrival until the response finished)."""
+        with self._lock:
+            return self._state.peak
+
+    # App (runs on the server thread).
+
+    def _build_app(self) -> ASGIApp:
+        generation = [
+            Route(path, functools.partial(self._generate, parse), methods=["POST"])
+            for path, parse in GENERATION_ROUTES.items()
+        ]
+        account = [
+            Route("/v1/engines/list", self._engines, methods=["GET"]),
+            Route("/v1/user/account", self._account, methods=["GET"]),
+            Route("/v1/user/balance", self._balance, methods=["GET"]),
+        ]
+        # Last, and for every method, so anything unmatched is a Stability-shaped 404, not a 405.
+        every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        fallback = [Route("/{path:path}", self._not_found, methods=every_method)]
+        return self._recording(Starlette(routes=[*generation, *account, *fallback]))
+
+    def _recording(self, app: ASGIApp) -> ASGIApp:
+        """Wrap the app to record every request and count generation requests in flight."""
+
+        async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            arrived = time.time()
+            generation = is_generation(scope["method"], scope["path"])
+            if generation:
+                self._count_in_flight(+1)
+            try:
+                body = await _read_body(receive)
+                headers: dict[str, str] = {}
+                for raw_name, raw_value in scope["headers"]:
+                    name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+                    headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                call = Call(
+                    arrived,
+                    scope["method"],
+                    scope["path"],
+                    headers,
+                    body,
+                    scope["query_string"].decode("latin-1"),
+                )
+                with self._lock:
+                    self._state.calls.append(call)
+                await app(scope, _replay(body, receive), send)
+            finally:
+                if generation:
+                    self._count_in_flight(-1)
+
+        return recorded
+
+    def _count_in_flight(self, delta: int) -> None:
+        with self._lock:
+            self._state.in_flight += delta
+            self._state.peak = max(self._state.peak, self._state.in_flight)
+
+    def _next_behaviour(self) -> tuple[Behaviour, int]:
+        """Pop the next scripted behaviour (or the default) and number this generation."""
+        with self._lock:
+            state = self._state
+            state.generations += 1
+            behaviour = state.queue.popleft() if state.queue else state.default
+            return behaviour, state.generations
+
+    async def _generate(
+        self, parse: Callable[[Request], Awaitable[_GenRequest]], request: Request
+    ) -> Response:
+        """The single place where behaviours turn into responses."""
+        behaviour, number = self._next_behaviour()
+        await self._sleep(behaviour.delay)
+        v2 = request.url.path.startswith("/v2beta/")
+        match behaviour:
+            case ApiError():
+                return _error_response(behaviour, v2=v2 if behaviour.v2 is None else behaviour.v2)
+            case RawBody(status=status, body=body, content_type=content_type):
+                return Response(body, status_code=status, media_type=content_type)
+        try:
+            req = await parse(request)
+        except _BadRequest as exc:
+            return _error_response(ApiError(400, "bad_request", str(exc)), v2=v2)
+        if isinstance(behaviour, Ok):
+            return _success_response(req, await self._artifacts(req, behaviour, number))
+        artifacts = await self._artifacts(req, Ok(), number)
+        match behaviour.kind:
+            case "not_an_image":
+                broken = [replace(a, data=NOT_AN_IMAGE) for a in artifacts]
+                return _success_response(req, broken)
+            case "invalid_base64":
+                return JSONResponse(_json_payload(req, artifacts, b64=INVALID_BASE64))
+            case "truncated_json":
+                body = json.dumps(_json_payload(req, artifacts)).encode()
+                return Response(body[: len(body) // 2], media_type="application/json")
+        full = _success_response(req, artifacts)  # reset_mid_body
+        return _ResetMidBodyResponse(full.body, headers=dict(full.headers))
+
+    async def _artifacts(self, req: _GenRequest, behaviour: Ok, number: int) -> list[_Artifact]:
+        """Images for one answer; pixels depend on seed and request number, so every upstream
+        answer is distinguishable from a cached one even when the seed is fixed."""
+        if behaviour.seed is not None:
+            base_seed = behaviour.seed
+        else:
+            base_seed = req.seed or random.Random(number).randrange(1, 2**32)
+        width, height = behaviour.width or req.width, behaviour.height or req.height
+        artifacts = []
+        for index in range(max(req.samples, 1)):
+            seed = base_seed + index
+            # Encoding can take ~0.1 s (noisy images); keep the event loop free for other requests.
+            data = await asyncio.to_thread(
+                image_bytes,
+                width,
+                height,
+                fmt=req.fmt,
+                seed=hash((number, seed, index)),
+                noisy=behaviour.noisy,
+            )
+            artifacts.append(_Artifact(data, seed, behaviour.finish_reason))
+        return artifacts
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early when the fake stops, so stop() never waits out a hang()."""
+        if seconds > 0 and self._stopping is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _engines(self, request: Request) -> Response:
+        who = _who(request)
+        engines = [
+            ("stable-diffusion-xl-1024-v1-0", "Stable Diffusion XL 1.0", "PICTURE"),
+            ("stable-diffusion-v1-6", "Stable Diffusion 1.6", "PICTURE"),
+            ("esrgan-v1-x2plus", "Real-ESRGAN x2", "PICTURE"),
+        ]
+        return JSONResponse(
+            [
+                {"id": id_, "name": name, "description": name, "type": kind, "who": who}
+                for id_, name, kind in engines
+            ]
+        )
+
+    async def _account(self, request: Request) -> Response:
+        who = _who(request)
+        return JSONResponse(
+            {
+                "id": f"user-{who}",
+                "email": f"{who}@example.test",
+                "profile_picture": "",
+                "organizations": [],
+                "who": who,
+            }
+        )
+
+    async def _balance(self, request: Request) -> Response:
+        return JSONResponse({"credits": 12.5, "who": _who(request)})
+
+    async def _not_found(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "id": uuid.uuid4().hex,
+                "name": "not_found",
+                "message": f"{request.method} {request.url.path} not found",
+            },
+            status_code=404,
+        )
+
+    # Lifecycle (called from the test thread).
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Serve on a fresh free port; return once the server accepts connections."""
+        logger = logging.getLogger("uvicorn.error")
+        if _RESET_LOG_FILTER not in logger.filters:
+            logger.addFilter(_RESET_LOG_FILTER)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            http="h11",
+            log_level="warning",
+            log_config=None,  # leave logging config alone; records propagate to pytest's capture
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(server, sock),), daemon=True
+        )
+        self._thread.name = f"fake-stability-{self.port}"
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                sock.close()
+                raise RuntimeError("FakeStability did not start")
+            time.sleep(0.005)
+        return self
+
+    async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        await server.serve(sockets=[sock])  # closes sock on shutdown
+
+    def stop(self) -> None:
+        """Stop serving, wake any hang()s, and wait for the server thread (and port) to close."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            raise RuntimeError("FakeStability server thread did not stop")
+        self._server = self._thread = self._loop = self._stopping = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _who(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    return key_hash(authorization) if authorization else None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands the already-read body to the app, then defers to the real one."""
+    sent = False
+
+    async def replayed() -> Any:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
