@@ -23,7 +23,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from gateway.config import Settings
@@ -78,9 +79,9 @@ class UpstreamClient:
             follow_redirects=False,
         )
         r = settings.retry
-        self._backoff = wait_exponential_jitter(
-            initial=r.backoff_initial_seconds, max=r.backoff_max_seconds, jitter=r.jitter_seconds
-        )
+        self._backoff = wait_exponential(
+            multiplier=r.backoff_initial_seconds, max=r.backoff_max_seconds
+        ) + wait_random(0, r.jitter_seconds)
 
     async def aclose(self) -> None:
         await self.http.aclose()

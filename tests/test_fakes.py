@@ -290,7 +290,8 @@ def test_gateway_process_with_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path
         "STABILITY_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:1",
         "STABILITY_GATEWAY_TIMEOUT_SECONDS": "3",
     }
-    with GatewayProcess(env, command=[sys.executable, "-c", STAND_IN]) as gateway:
+    stand_in = [sys.executable, "-c", STAND_IN]
+    with GatewayProcess(env, command=stand_in, log_dir=tmp_path) as gateway:
         url = gateway.url
         assert httpx.get(f"{url}/healthz").status_code == 200
         gateway.restart()
@@ -302,7 +303,7 @@ def test_gateway_process_with_stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "STABILITY_API_KEY" not in logs  # the developer's own key did not leak in
 
 
-def test_gateway_process_start_failure_shows_log() -> None:
+def test_gateway_process_start_failure_shows_log(tmp_path: Path) -> None:
     crash = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
     with pytest.raises(GatewayStartError, match=r"(?s)exited with code 3.*boom"):
-        GatewayProcess(command=crash).start()
+        GatewayProcess(command=crash, log_dir=tmp_path).start()

@@ -63,7 +63,8 @@ class GatewayProcess:
     settings never leak into a test), plus `env`. Output goes to a log file rather than a pipe,
     so a chatty gateway can never block on a full pipe; logs() reads it back, across restarts.
     `command` replaces the program part (the default runs the gateway) and is always followed
-    by --host/--port and `extra_args`.
+    by --host/--port and `extra_args`. Without `log_dir` the log goes to a fresh temp dir that
+    is left behind on purpose, for post-mortems; tests should pass their tmp_path.
     """
 
     def __init__(

@@ -35,7 +35,7 @@ from typing import Any, Literal, Self
 import uvicorn
 from PIL import UnidentifiedImageError
 from starlette.applications import Starlette
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, compile_path
@@ -252,7 +252,7 @@ class _Artifact:
     finish_reason: str
 
 
-def _int_field(value: str | UploadFile | Any | None, default: int) -> int:
+def _int_field(value: object, default: int) -> int:
     if value is None or value == "":
         return default
     try:
@@ -261,12 +261,24 @@ def _int_field(value: str | UploadFile | Any | None, default: int) -> int:
         raise _BadRequest(f"not an integer: {value!r}") from exc
 
 
-async def _init_image_size(form: FormData) -> tuple[int, int]:
-    upload = form.get("init_image")
-    if not isinstance(upload, UploadFile):
+async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Multipart fields and file contents, with the upload temp files closed on return."""
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    async with request.form() as form:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files[name] = await value.read()
+            else:
+                fields[name] = value
+    return fields, files
+
+
+def _init_image_size(files: dict[str, bytes]) -> tuple[int, int]:
+    if "init_image" not in files:
         raise _BadRequest("init_image: required file is missing")
     try:
-        return image_size(await upload.read())
+        return image_size(files["init_image"])
     except (UnidentifiedImageError, OSError) as exc:
         raise _BadRequest("init_image: not a decodable image") from exc
 
@@ -293,8 +305,8 @@ async def _parse_v1_text(request: Request) -> _GenRequest:
 
 
 async def _parse_v1_image(request: Request) -> _GenRequest:
-    form = await request.form()
-    width, height = await _init_image_size(form)
+    form, files = await _read_form(request)
+    width, height = _init_image_size(files)
     return _GenRequest(
         v2=False,
         raw=_v1_raw(request),
@@ -306,8 +318,8 @@ async def _parse_v1_image(request: Request) -> _GenRequest:
 
 
 async def _parse_v1_upscale(request: Request) -> _GenRequest:
-    form = await request.form()
-    init_width, init_height = await _init_image_size(form)
+    form, files = await _read_form(request)
+    init_width, init_height = _init_image_size(files)
     width = _int_field(form.get("width"), 0)
     height = _int_field(form.get("height"), 0)
     if width and not height:
@@ -326,7 +338,7 @@ async def _parse_v1_upscale(request: Request) -> _GenRequest:
 
 
 async def _parse_v2(request: Request) -> _GenRequest:
-    form = await request.form()
+    form, _ = await _read_form(request)
     aspect_ratio = str(form.get("aspect_ratio") or "1:1")
     fmt = str(form.get("output_format") or "png")
     if aspect_ratio not in V2_ASPECT_SIZES:
