@@ -15,6 +15,8 @@ kept in memory and flushed in batches, so a hit costs no SQLite write.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import threading
 import time
@@ -37,6 +39,12 @@ class Artifact:
     seed: int
     finish_reason: str = "SUCCESS"
     media_type: str = "image/png"
+
+    @functools.cached_property
+    def b64(self) -> bytes:
+        """The base64 form JSON answers carry; computed once per Artifact object, so an
+        entry held in memory pays for it once, not on every JSON hit."""
+        return base64.b64encode(self.data)
 
 
 @dataclass

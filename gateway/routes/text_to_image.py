@@ -143,7 +143,7 @@ def json_artifacts(artifacts: list[Artifact]) -> bytes:
     """Stability's v1 JSON answer, built as bytes without re-encoding the base64 strings."""
     parts = [
         b'{"base64":"'
-        + base64.b64encode(a.data)
+        + a.b64
         + b'","seed":'
         + str(a.seed).encode()
         + b',"finishReason":'
