@@ -29,6 +29,9 @@ from gateway.inspect_api import InspectionAPI
 from gateway.logs import configure_logging
 from gateway.pipeline import Pipeline
 from gateway.ratelimit import DiskRateLimiter, MemoryRateLimiter, RateLimiter
+from gateway.routes.image_to_image import ImageToImage
+from gateway.routes.passthrough import AccountPassThrough, Results
+from gateway.routes.stable_image import V2_ROUTES, StableImage
 from gateway.routes.text_to_image import TextToImage
 from gateway.upstream import UpstreamClient
 
@@ -156,6 +159,17 @@ def create_app(
         generation_route(
             "/v1/generation/{engine_id}/text-to-image", TextToImage(settings.defaults)
         ),
+        *(
+            generation_route(f"/v1/generation/{{engine_id}}/{spec.suffix}", spec)
+            for spec in (
+                ImageToImage("image-to-image"),
+                ImageToImage("masking"),
+                ImageToImage("upscale"),
+            )
+        ),
+        *(generation_route(route.path, StableImage(route)) for route in V2_ROUTES),
+        *AccountPassThrough(settings, upstream).routes(),
+        *Results(settings, store, upstream).routes(),
         *InspectionAPI(store, settings.admin.token).routes(),
     ]
     app = Starlette(

@@ -38,7 +38,7 @@ class Generation:
     engine: str
     key: str
     upstream: UpstreamRequest
-    want: str  # the caller's format: "json" or "image"
+    want: str  # the caller's format: "json", "image", or "job" (an id to poll, v2beta)
     expected_size: tuple[int, int] | None  # (width, height) the images must have
     expected_formats: tuple[str, ...] = ("PNG",)  # Pillow format names accepted
     random_seed: bool = False  # seed 0/absent: each upstream call gives a new image

@@ -1,11 +1,13 @@
 """Test doubles for end-to-end tests: a fake Stability API, image helpers, a gateway runner."""
 
 from tests.fakes.gateway_process import GatewayProcess, GatewayStartError, gateway_env
-from tests.fakes.images import image_size, open_image, png_bytes
+from tests.fakes.images import image_bytes, image_size, open_image, png_bytes
+from tests.fakes.multipart import encode_multipart
 from tests.fakes.stability import (
     V2_ASPECT_SIZES,
     Call,
     FakeStability,
+    accepted,
     error,
     hang,
     invalid_base64,
@@ -24,9 +26,12 @@ __all__ = [
     "FakeStability",
     "GatewayProcess",
     "GatewayStartError",
+    "accepted",
+    "encode_multipart",
     "error",
     "gateway_env",
     "hang",
+    "image_bytes",
     "image_size",
     "invalid_base64",
     "key_hash",

@@ -9,6 +9,9 @@ each generation request according to a per-test script of behaviours:
         fake.script(error(429, "rate_limit_exceeded", headers={"Retry-After": "2"}), ok())
         ...  # point the gateway at fake.url
         assert len(fake.generation_calls()) == 2
+
+Asynchronous routes (creative upscale, say) are scripted with `accepted()`: the POST answers
+`{"id"}` and `GET /v2beta/results/{id}` answers 202 in-progress `polls` times, then the image.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import json
 import logging
 import random
+import secrets
 import socket
 import threading
 import time
@@ -115,7 +119,16 @@ class RawBody:
     delay: float = 0.0
 
 
-Behaviour = Ok | ApiError | Malformed | RawBody
+@dataclass(frozen=True)
+class Accepted:
+    """Start a job: answer `status` with `{"id"}`; the image comes from /v2beta/results/{id}."""
+
+    status: int = 200
+    polls: int = 1  # 202 in-progress answers before the result is ready
+    delay: float = 0.0
+
+
+Behaviour = Ok | ApiError | Malformed | RawBody | Accepted
 
 
 def ok(
@@ -176,6 +189,13 @@ def not_an_image(*, delay: float = 0.0) -> Malformed:
 def wrong_size(*, delay: float = 0.0) -> Ok:
     """A normal answer except that the image is 64x64 whatever size was asked."""
     return Ok(delay=delay, width=64, height=64)
+
+
+def accepted(*, status: int = 200, polls: int = 1, delay: float = 0.0) -> Accepted:
+    """Answer with a job id, as Stability's asynchronous routes do (200 on the real API; the
+    status is scriptable). GET /v2beta/results/{id} then answers 202 `{"id", "status":
+    "in-progress"}` `polls` times, then 200 with the image in the format the poll Accepts."""
+    return Accepted(status, polls, delay)
 
 
 def status_body(
@@ -274,6 +294,15 @@ async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, bytes]
     return fields, files
 
 
+def _upload_size(files: dict[str, bytes], name: str) -> tuple[int, int]:
+    if name not in files:
+        raise _BadRequest(f"{name}: required file is missing")
+    try:
+        return image_size(files[name])
+    except (UnidentifiedImageError, OSError) as exc:
+        raise _BadRequest(f"{name}: not a decodable image") from exc
+
+
 def _init_image_size(files: dict[str, bytes]) -> tuple[int, int]:
     if "init_image" not in files:
         raise _BadRequest("init_image: required file is missing")
@@ -319,7 +348,9 @@ async def _parse_v1_image(request: Request) -> _GenRequest:
 
 async def _parse_v1_upscale(request: Request) -> _GenRequest:
     form, files = await _read_form(request)
-    init_width, init_height = _init_image_size(files)
+    # The real API's field is `image`; `init_image` is accepted too, as it always was here.
+    field_name = "image" if "image" in files else "init_image"
+    init_width, init_height = _upload_size(files, field_name)
     width = _int_field(form.get("width"), 0)
     height = _int_field(form.get("height"), 0)
     if width and not height:
@@ -356,6 +387,29 @@ async def _parse_v2(request: Request) -> _GenRequest:
     )
 
 
+async def _parse_v2_image(request: Request) -> _GenRequest:
+    """v2beta upscale and edit routes: an `image` upload; the answer is that image scaled 4x
+    (upscale), grown by the margins (outpaint), or the same size (other edits)."""
+    form, files = await _read_form(request)
+    width, height = _upload_size(files, "image")
+    fmt = str(form.get("output_format") or "png")
+    if fmt not in V2_FORMATS:
+        raise _BadRequest(f"output_format: must be one of {', '.join(V2_FORMATS)}")
+    if "/upscale/" in request.url.path:
+        width, height = 4 * width, 4 * height
+    elif request.url.path.endswith("/outpaint"):
+        width += _int_field(form.get("left"), 0) + _int_field(form.get("right"), 0)
+        height += _int_field(form.get("up"), 0) + _int_field(form.get("down"), 0)
+    return _GenRequest(
+        v2=True,
+        raw="application/json" not in request.headers.get("accept", ""),
+        width=width,
+        height=height,
+        seed=_int_field(form.get("seed"), 0),
+        fmt=fmt,
+    )
+
+
 # The one route table for generation: path -> how to read what the request asks for.
 GENERATION_ROUTES: dict[str, Callable[[Request], Awaitable[_GenRequest]]] = {
     "/v1/generation/{engine_id}/text-to-image": _parse_v1_text,
@@ -363,6 +417,8 @@ GENERATION_ROUTES: dict[str, Callable[[Request], Awaitable[_GenRequest]]] = {
     "/v1/generation/{engine_id}/image-to-image/masking": _parse_v1_image,
     "/v1/generation/{engine_id}/image-to-image/upscale": _parse_v1_upscale,
     "/v2beta/stable-image/generate/{model}": _parse_v2,
+    "/v2beta/stable-image/upscale/{kind}": _parse_v2_image,
+    "/v2beta/stable-image/edit/{kind}": _parse_v2_image,
 }
 _GENERATION_PATTERNS = [compile_path(path)[0] for path in GENERATION_ROUTES]
 
@@ -443,6 +499,15 @@ _RESET_LOG_FILTER = _DropIntentionalReset()
 
 
 @dataclass
+class _Job:
+    """A started job: what it will answer, and how many polls until it does."""
+
+    req: _GenRequest
+    artifacts: list[_Artifact]
+    polls_left: int
+
+
+@dataclass
 class _State:
     """Everything tests and the server thread share; guarded by FakeStability._lock."""
 
@@ -452,6 +517,7 @@ class _State:
     generations: int = 0
     in_flight: int = 0
     peak: int = 0
+    jobs: dict[str, _Job] = field(default_factory=dict)
 
 
 class FakeStability:
@@ -528,6 +594,7 @@ class FakeStability:
             Route("/v1/engines/list", self._engines, methods=["GET"]),
             Route("/v1/user/account", self._account, methods=["GET"]),
             Route("/v1/user/balance", self._balance, methods=["GET"]),
+            Route("/v2beta/results/{id}", self._results, methods=["GET"]),
         ]
         # Last, and for every method, so anything unmatched is a Stability-shaped 404, not a 405.
         every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -596,6 +663,8 @@ class FakeStability:
             req = await parse(request)
         except _BadRequest as exc:
             return _error_response(ApiError(400, "bad_request", str(exc)), v2=v2)
+        if isinstance(behaviour, Accepted):
+            return self._start_job(req, await self._artifacts(req, Ok(), number), behaviour)
         if isinstance(behaviour, Ok):
             return _success_response(req, await self._artifacts(req, behaviour, number))
         artifacts = await self._artifacts(req, Ok(), number)
@@ -610,6 +679,30 @@ class FakeStability:
                 return Response(body[: len(body) // 2], media_type="application/json")
         full = _success_response(req, artifacts)  # reset_mid_body
         return _ResetMidBodyResponse(full.body, headers=dict(full.headers))
+
+    def _start_job(
+        self, req: _GenRequest, artifacts: list[_Artifact], behaviour: Accepted
+    ) -> Response:
+        job_id = secrets.token_hex(32)
+        with self._lock:
+            self._state.jobs[job_id] = _Job(req, artifacts, behaviour.polls)
+        return JSONResponse({"id": job_id}, status_code=behaviour.status)
+
+    async def _results(self, request: Request) -> Response:
+        """GET /v2beta/results/{id}: 202 while the job runs, then its image (as Accepted)."""
+        job_id = request.path_params["id"]
+        with self._lock:
+            job = self._state.jobs.get(job_id)
+            running = job is not None and job.polls_left > 0
+            if job is not None and running:
+                job.polls_left -= 1
+        if job is None:
+            missing = ApiError(404, "not_found", f"no result with id {job_id}")
+            return _error_response(missing, v2=True)
+        if running:
+            return JSONResponse({"id": job_id, "status": "in-progress"}, status_code=202)
+        raw = "application/json" not in request.headers.get("accept", "")
+        return _success_response(replace(job.req, raw=raw), job.artifacts)
 
     async def _artifacts(self, req: _GenRequest, behaviour: Ok, number: int) -> list[_Artifact]:
         """Images for one answer; pixels depend on seed and request number, so every upstream

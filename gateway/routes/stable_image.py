@@ -1,0 +1,248 @@
+"""v2beta Stable Image: POST /v2beta/stable-image/generate/{core,ultra,sd3}, and the upscale
+and edit routes of the same shape (multipart in; image bytes or JSON out).
+
+Each route is a row of `V2_ROUTES`: its path, its rule table, how its output size follows
+from the request (for placeholders and checks), and whether Stability answers it with a job
+id to poll. One class serves every row.
+
+The gateway always asks upstream for JSON (`{"image", "finish_reason", "seed"}`), so one
+entry serves both answers: `Accept: application/json` gets that JSON, anything else (the
+API's default is `image/*`) gets the image bytes in the requested `output_format`, with
+`finish-reason` and `seed` headers. Errors keep v2beta's shape (`{"id","name","errors"}`).
+
+Sizes: Stability documents the aspect ratio of a generate answer, not its pixels (Core, Ultra
+and SD3 differ), so an answer is checked against the requested ratio, within 5 %, and the
+table sizes are used for placeholders only.
+
+Job routes (creative upscale): the first answer is the upstream's `{"id"}`, passed through
+(the pipeline writes down the job, see gateway.jobs). Once a poll of
+`GET /v2beta/results/{id}` has brought the image it is cached under the request's key, and
+the same request later is answered `{"id": <cache key>}` straight away: polling that id is
+served from the cache, so the caller's code keeps working and no new job is started.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio.to_thread
+import httpx
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cache.keys import make_key
+from cache.store import Artifact
+from gateway.errors import UpstreamError
+from gateway.generation import Generation, UpstreamRequest
+from gateway.placeholder import placeholder_image
+from gateway.routes.common import read_multipart, wants_json_v2
+from gateway.validation import (
+    MAX_V2_SEED,
+    PIL_FORMATS,
+    V2_ASPECT_SIZES,
+    V2_CORE,
+    V2_EDIT_ERASE,
+    V2_EDIT_INPAINT,
+    V2_EDIT_OUTPAINT,
+    V2_EDIT_REMOVE_BACKGROUND,
+    V2_EDIT_SEARCH_AND_REPLACE,
+    V2_SD3,
+    V2_ULTRA,
+    V2_UPSCALE_CONSERVATIVE,
+    V2_UPSCALE_CREATIVE,
+    V2_UPSCALE_FAST,
+    FormTable,
+    check_form,
+)
+
+MEDIA_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+ASPECT_TOLERANCE = 0.05
+MAX_PLACEHOLDER_SIDE = 4096
+
+Output = Literal["aspect", "same", "outpaint", "upscale"]
+
+
+@dataclass(frozen=True)
+class V2Route:
+    """One v2beta route as data. `output` says what the answer's size follows: the aspect
+    ratio (or the input image when one is given), the input image, the input image plus the
+    outpaint margins, or the input scaled by `factor` (placeholders only)."""
+
+    path: str
+    table: FormTable
+    output: Output
+    factor: int = 1
+    job: bool = False  # Stability answers with an id to poll at /v2beta/results/{id}
+
+
+V2_ROUTES: tuple[V2Route, ...] = (
+    V2Route("/v2beta/stable-image/generate/core", V2_CORE, "aspect"),
+    V2Route("/v2beta/stable-image/generate/ultra", V2_ULTRA, "aspect"),
+    V2Route("/v2beta/stable-image/generate/sd3", V2_SD3, "aspect"),
+    V2Route("/v2beta/stable-image/upscale/fast", V2_UPSCALE_FAST, "upscale", factor=4),
+    V2Route(
+        "/v2beta/stable-image/upscale/conservative", V2_UPSCALE_CONSERVATIVE, "upscale", factor=4
+    ),
+    V2Route("/v2beta/stable-image/upscale/creative", V2_UPSCALE_CREATIVE, "upscale", 4, job=True),
+    V2Route("/v2beta/stable-image/edit/erase", V2_EDIT_ERASE, "same"),
+    V2Route("/v2beta/stable-image/edit/inpaint", V2_EDIT_INPAINT, "same"),
+    V2Route("/v2beta/stable-image/edit/outpaint", V2_EDIT_OUTPAINT, "outpaint"),
+    V2Route("/v2beta/stable-image/edit/search-and-replace", V2_EDIT_SEARCH_AND_REPLACE, "same"),
+    V2Route("/v2beta/stable-image/edit/remove-background", V2_EDIT_REMOVE_BACKGROUND, "same"),
+)
+
+
+def output_size(
+    route: V2Route, params: dict[str, Any], sizes: dict[str, tuple[int, int]]
+) -> tuple[tuple[int, int], str | None]:
+    """(width, height) of the answer as far as it is known, and the aspect ratio it must
+    have (None when it follows an input image instead)."""
+    image = sizes.get("image")
+    if route.output == "aspect" and image is None:
+        ratio = str(params.get("aspect_ratio", "1:1"))
+        return V2_ASPECT_SIZES[ratio], ratio
+    assert image is not None  # every other route requires an image upload
+    width, height = image
+    if route.output == "outpaint":
+        width += int(params.get("left", 0)) + int(params.get("right", 0))
+        height += int(params.get("up", 0)) + int(params.get("down", 0))
+    elif route.output == "upscale":
+        scale = min(route.factor, MAX_PLACEHOLDER_SIDE / max(width, height))
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return (width, height), None
+
+
+def check_aspect(data: bytes, ratio: str) -> None:
+    """Refuse an answer whose shape is not the requested aspect ratio (within 5 %)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # not an image at all: check_image reports it
+        return
+    across, down = (int(n) for n in ratio.split(":"))
+    if abs((width / height) / (across / down) - 1) > ASPECT_TOLERANCE:
+        raise UpstreamError(f"upstream sent a {width}x{height} image, expected aspect {ratio}")
+
+
+def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact]:
+    """Stability's v2beta JSON answer -> one artifact in the requested format."""
+    try:
+        payload = response.json()
+        data = base64.b64decode(payload["image"], validate=True)
+        seed = int(payload.get("seed") or 0)
+        finish_reason = str(payload.get("finish_reason") or "SUCCESS")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamError(f"upstream sent a body that is not valid JSON ({exc})") from exc
+    except binascii.Error as exc:
+        raise UpstreamError(f"upstream sent an image with invalid base64 ({exc})") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError(f"upstream sent an unexpected JSON shape ({exc!r})") from exc
+    ratio = generation.summary.get("aspect_ratio")
+    if ratio:
+        check_aspect(data, ratio)
+    media_type = MEDIA_TYPES[generation.expected_formats[0]]
+    return [Artifact(data, seed, finish_reason, media_type)]
+
+
+def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Response:
+    """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
+    if want == "json":
+        body = (
+            b'{"image":"'
+            + artifact.b64
+            + b'","finish_reason":'
+            + json.dumps(artifact.finish_reason).encode()
+            + b',"seed":'
+            + str(artifact.seed).encode()
+            + b"}"
+        )
+        return Response(body, media_type="application/json", headers=headers)
+    return Response(
+        artifact.data,
+        media_type=artifact.media_type,
+        headers={**headers, "finish-reason": artifact.finish_reason, "seed": str(artifact.seed)},
+    )
+
+
+class StableImage:
+    """One v2beta Stable Image route (a row of V2_ROUTES)."""
+
+    v2 = True
+
+    def __init__(self, route: V2Route) -> None:
+        self.spec = route
+        self.route = route.path.lstrip("/")
+        self.name = route.path.rsplit("/", 1)[1]
+
+    async def parse(self, request: Request) -> Generation:
+        form = await read_multipart(request)
+        table = self.spec.table
+        checked = await anyio.to_thread.run_sync(check_form, form.fields, form.file_bytes(), table)
+        params = checked.params
+        output_format = str(params.get("output_format", "png"))
+        (width, height), ratio = output_size(self.spec, params, checked.image_sizes)
+        want = "json" if wants_json_v2(request) else "image"
+        if self.spec.job:
+            want = "job"  # the answer is an id to poll; the poll picks the format
+        prompts = [{"text": params["prompt"], "weight": 1}] if params.get("prompt") else []
+        if params.get("negative_prompt"):
+            prompts.append({"text": params["negative_prompt"], "weight": -1})
+        return Generation(
+            route=self.route,
+            engine=self.name,
+            key=make_key(self.route, self.name, params, checked.uploads),
+            upstream=UpstreamRequest(
+                "POST",
+                self.spec.path,
+                data=dict(form.fields),
+                files={name: upload.as_httpx() for name, upload in form.files.items()},
+            ),
+            want=want,
+            expected_size=None,  # see the module docstring: the ratio is checked in decode
+            expected_formats=(PIL_FORMATS[output_format],),
+            random_seed="seed" in table.fields and not params.get("seed"),
+            summary={
+                "route": self.route,
+                "engine": str(params.get("model", self.name)),
+                "prompts": prompts,
+                "width": width,
+                "height": height,
+                "aspect_ratio": ratio,
+                "output_format": output_format,
+                "seed": params.get("seed", 0),
+                "job": self.spec.job,
+                "params": params,
+                "uploads": {
+                    name: {"bytes": len(checked.uploads[name]), "width": w, "height": h}
+                    for name, (w, h) in checked.image_sizes.items()
+                },
+            },
+            v2=True,
+        )
+
+    def decode(self, response: httpx.Response, generation: Generation) -> list[Artifact]:
+        return decode_v2(response, generation)
+
+    def render(
+        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+    ) -> Response:
+        if generation.want == "job":
+            return JSONResponse({"id": generation.key}, headers=headers)
+        return render_v2(artifacts[0], generation.want, headers)
+
+    def placeholder(self, generation: Generation) -> list[Artifact]:
+        summary = generation.summary
+        width, height = int(summary["width"]), int(summary["height"])
+        image_format = generation.expected_formats[0]
+        lines = [self.route, *(f"{p['text']} ({p['weight']:g})" for p in summary["prompts"])]
+        data = placeholder_image(
+            width, height, key=generation.key, lines=lines, image_format=image_format
+        )
+        seed = int(summary["seed"] or int(generation.key[:8], 16) % MAX_V2_SEED)
+        return [Artifact(data, seed, media_type=MEDIA_TYPES[image_format])]
