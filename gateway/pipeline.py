@@ -25,6 +25,7 @@ from gateway.config import Settings
 from gateway.errors import GatewayError, GatewayTimeout, UpstreamError
 from gateway.generation import Generation, RouteSpec
 from gateway.images import check_image
+from gateway.jobs import JobBook, job_id
 from gateway.policy import Action, Controls, Decision, decide
 from gateway.singleflight import DiskLease, SingleFlight
 from gateway.upstream import UpstreamClient
@@ -59,6 +60,7 @@ class Pipeline:
         self.store = store
         self.upstream = upstream
         self.flights = SingleFlight()
+        self.jobs = JobBook(store.state)
 
     async def handle(self, request: Request, spec: RouteSpec) -> Response:
         try:
@@ -127,9 +129,15 @@ class Pipeline:
     ) -> Response:
         caller = dict(request.headers)
         fallback = entry if decision.stale and allow_cached else None
+        # One budget for everything from here: waiting for another worker's call, the
+        # limiter queue, retries. Started now, so a wait cannot buy a second full deadline.
+        deadline_at = time.monotonic() + self.settings.timeouts.deadline_seconds
+        seen = entry.meta.get("created_at") if entry is not None else None
 
         async def work() -> Fetched:
-            return await self._fetch(generation, spec, caller, store=decision.store)
+            return await self._fetch(
+                generation, spec, caller, store=decision.store, seen=seen, deadline_at=deadline_at
+            )
 
         try:
             if decision.store:
@@ -176,20 +184,42 @@ class Pipeline:
         )
 
     async def _fetch(
-        self, generation: Generation, spec: RouteSpec, caller: dict[str, str], *, store: bool
+        self,
+        generation: Generation,
+        spec: RouteSpec,
+        caller: dict[str, str],
+        *,
+        store: bool,
+        seen: object = None,
+        deadline_at: float | None = None,
     ) -> Fetched:
+        """One upstream call for the key, unless a concurrent identical request (in this
+        worker or another) has just stored its result: `seen` is the created_at of the entry
+        this request found at lookup (None: none), so any other entry is newer than that."""
         if self.upstream is None:  # replay/offline never get here; defensive
             raise GatewayTimeout("this gateway has no upstream", name="not_cached")
-        started = time.time()
-        lease = DiskLease(self.store.state, generation.key, self.settings.timeouts.deadline_seconds)
-        if store and not await anyio.to_thread.run_sync(lease.acquire):
-            shared = await self._wait_for_other_process(generation, lease, started)
+        deadline = self.settings.timeouts.deadline_seconds
+        deadline_at = time.monotonic() + deadline if deadline_at is None else deadline_at
+        lease = DiskLease(self.store.state, generation.key, deadline)
+        holds = store and await anyio.to_thread.run_sync(lease.acquire)
+        if store and not holds:
+            await self._wait_for_lease(lease, deadline_at)
+            holds = await anyio.to_thread.run_sync(lease.acquire)
+        if store:
+            # Checked after taking the lease, not only before: the holder may have stored and
+            # released between this request's lookup and its acquire.
+            shared = await self._stored_since(generation, seen)
             if shared is not None:
+                if holds:
+                    await anyio.to_thread.run_sync(lease.release)
                 return shared
-            store = store and await anyio.to_thread.run_sync(lease.acquire)
+        store = holds  # without the lease (another caller took it), fetch but do not store
         try:
             try:
-                async with asyncio.timeout(self.settings.timeouts.deadline_seconds):
+                remaining = deadline_at - time.monotonic()
+                if remaining <= 0:  # spent waiting for another worker's call
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
                     response = await self.upstream.send(generation.upstream, caller)
             except TimeoutError:
                 raise GatewayTimeout(
@@ -197,6 +227,12 @@ class Pipeline:
                     f"{self.settings.timeouts.deadline_seconds:g} s deadline",
                     name="upstream_timeout",
                 ) from None
+            job = job_id(response)
+            if job is not None:  # the image comes later, from GET /v2beta/results/{job}
+                if store:
+                    await anyio.to_thread.run_sync(self.jobs.remember, job, generation)
+                log.info("upstream started job %s for key=%s", job, generation.key[:16])
+                return Fetched(response=response)
             if response.status_code != 200:
                 self._log_refusal(response, generation)
                 return Fetched(response=response)
@@ -232,18 +268,26 @@ class Pipeline:
             raise
         return artifacts
 
-    async def _wait_for_other_process(
-        self, generation: Generation, lease: DiskLease, started: float
-    ) -> Fetched | None:
-        """Another worker holds the lease: wait for it, then use what it stored."""
+    async def _wait_for_lease(self, lease: DiskLease, deadline_at: float) -> None:
+        """Another worker holds the key's lease: wait until it lets go, or the deadline."""
         while await anyio.to_thread.run_sync(lease.held_elsewhere):
-            if time.time() - started > self.settings.timeouts.deadline_seconds:
-                break
+            if time.monotonic() >= deadline_at:
+                return
             await asyncio.sleep(LEASE_POLL_SECONDS)
+
+    async def _stored_since(self, generation: Generation, seen: object) -> Fetched | None:
+        """The entry for the key if it is not the one this request saw at lookup.
+
+        Compared by identity (created_at), not by time: an entry whose put began just before
+        the lookup but committed just after it has an earlier created_at, yet is new to us.
+        """
+        meta = await anyio.to_thread.run_sync(self.store.get_meta, generation.key)
+        if meta is None or meta.get("source") == "offline" or meta.get("created_at") == seen:
+            return None
         entry = await anyio.to_thread.run_sync(self.store.get, generation.key)
-        if entry is not None and float(entry.meta["created_at"]) >= started:
-            return Fetched(artifacts=entry.artifacts, shared=True)
-        return None
+        if entry is None or entry.meta.get("created_at") == seen:
+            return None
+        return Fetched(artifacts=entry.artifacts, shared=True)
 
     def _log_refusal(self, response: httpx.Response, generation: Generation) -> None:
         try:

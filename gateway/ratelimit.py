@@ -16,6 +16,12 @@ Two backends, one interface (`acquire`, `cool_down`):
 Waiting is async. A caller whose reserved time is further away than `max_wait` gets
 RateLimited (the gateway's own 429 with Retry-After) and reserves nothing. A caller that
 disconnects while waiting leaves its slot unused: the limit errs on the safe side.
+
+A cool-down (after an upstream 429) holds back every caller, including those already
+waiting for a slot they reserved before it began: on waking, a caller whose slot fell inside
+a cool-down that started after it reserved gives the slot up and queues again behind the
+cool-down (its old slot stays in the log, unused). Re-queueing is bound by `max_wait` from
+that moment, so a long cool-down can turn a waiting request into a 429 rate_limited.
 """
 
 from __future__ import annotations
@@ -71,6 +77,10 @@ class DiskRateLimiter:
 
     def reserve(self, now: float | None = None) -> tuple[bool, float]:
         """Reserve the next slot in one transaction: (reserved, seconds until it)."""
+        reserved, wait, _slot = self._reserve(now)
+        return reserved, wait
+
+    def _reserve(self, now: float | None = None) -> tuple[bool, float, float]:
         with self.state.transact():
             now = time.time() if now is None else now
             log: list[float] = self.state.get(_LOG_KEY, [])
@@ -79,18 +89,27 @@ class DiskRateLimiter:
                 slot = max(slot, log[-self.limit] + self.span)
             wait = slot - now
             if wait > self.max_wait:
-                return False, wait
+                return False, wait, slot
             log.append(slot)
             self.state.set(_LOG_KEY, log[-self.limit :])
-            return True, wait
+            return True, wait, slot
+
+    def _voided(self, slot: float) -> bool:
+        """Whether a cool-down that began after `slot` was reserved still covers it."""
+        return float(self.state.get(_COOLDOWN_KEY, 0.0)) > slot
 
     async def acquire(self) -> float:
-        reserved, wait = await anyio.to_thread.run_sync(self.reserve)
-        if not reserved:
-            raise _too_long(wait, self.max_wait)
-        if wait > 0:
+        started = time.monotonic()
+        while True:
+            reserved, wait, slot = await anyio.to_thread.run_sync(self._reserve)
+            if not reserved:
+                raise _too_long(wait, self.max_wait)
+            if wait <= 0:
+                return time.monotonic() - started
             await asyncio.sleep(wait)
-        return wait
+            # A slot reserved before a cool-down began is not a licence to send during it.
+            if not await anyio.to_thread.run_sync(self._voided, slot):
+                return time.monotonic() - started
 
     def _set_cooldown(self, seconds: float) -> None:
         with self.state.transact():
@@ -120,10 +139,15 @@ class MemoryRateLimiter:
             raise _too_long(expected, self.max_wait)
         self.waiting += 1
         try:
-            if pause > 0:
-                await asyncio.sleep(pause)
-            remaining = self.max_wait - (time.monotonic() - start)
-            await asyncio.wait_for(self.limiter.acquire(), timeout=max(remaining, 0.001))
+            while True:
+                pause = self.cooldown_until - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                remaining = self.max_wait - (time.monotonic() - start)
+                await asyncio.wait_for(self.limiter.acquire(), timeout=max(remaining, 0.001))
+                # A cool-down that began while we queued voids the token: queue again after it.
+                if time.monotonic() >= self.cooldown_until:
+                    break
         except TimeoutError:
             raise _too_long(time.monotonic() - start + self.interval, self.max_wait) from None
         finally:

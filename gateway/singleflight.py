@@ -6,8 +6,13 @@ The task is shielded, so a leader whose client hangs up does not cancel the othe
 
 Across worker processes: the pipeline additionally takes a lease in the shared diskcache
 (`DiskLease`) before calling upstream; a process that finds the lease taken waits for the
-entry to appear in the cache instead of calling upstream itself. Errors are shared only
-within a process: when another process's call fails, waiters elsewhere try once themselves.
+entry to appear in the cache instead of calling upstream itself. Having taken the lease, the
+pipeline looks again for an entry newer than the one the request saw at lookup, because the
+previous holder may have stored and let go in between; without that second look, identical
+requests in two workers could still cost two calls. Waiting for the lease spends the
+request's own deadline. Errors are shared only within a process: when another process's
+call fails (or its answer is not cacheable, e.g. CONTENT_FILTERED), waiters elsewhere try
+once themselves, so a failing key costs up to one retried call per worker process.
 """
 
 from __future__ import annotations

@@ -113,12 +113,16 @@ class UpstreamClient:
         attempt = state.attempt_number
         if isinstance(exc, RetryableStatus) and exc.response.status_code == 429:
             pause = retry_after_seconds(exc.response)
-            await self.limiter.cool_down(
-                pause if pause is not None else self.settings.rate_limit.cooldown_seconds
-            )
+            if pause is None:
+                pause = self.settings.rate_limit.cooldown_seconds
+            await self.limiter.cool_down(pause)
+            # The retry passes the limiter, which now holds every caller for `pause`: say
+            # when it will really go, not just tenacity's own wait.
             log.warning(
-                "rate limit exceeded (429), retrying in %.1f s (attempt %d)", delay, attempt
-            )
+                "rate limit exceeded (429), retrying in %.1f s (attempt %d); every upstream "
+                "call paused for %.1f s",
+                max(delay, pause), attempt, pause,
+            )  # fmt: skip
         elif isinstance(exc, RetryableStatus):
             log.warning(
                 "upstream answered %d, retrying in %.1f s (attempt %d)",

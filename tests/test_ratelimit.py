@@ -65,3 +65,30 @@ async def test_memory_limiter_paces_and_refuses_long_queues() -> None:
     refused = [r for r in results if isinstance(r, RateLimited)]
     assert 1 <= len(refused) <= 3  # the queue beyond 0.35 s of pacing is refused
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["disk", "memory"])
+async def test_a_cool_down_holds_back_callers_already_queued(tmp_path: Path, backend: str) -> None:
+    """Callers that reserved (disk) or queued for (memory) a slot before an upstream 429
+    must not send during the cool-down it starts; after it, the pace still holds."""
+    limiter: DiskRateLimiter | MemoryRateLimiter
+    if backend == "disk":
+        limiter = DiskRateLimiter(diskcache.Cache(str(tmp_path)), limit=1, period=0.1, max_wait=5)
+    else:
+        limiter = MemoryRateLimiter(limit=1, period=0.1, max_wait=5)
+    started = time.monotonic()
+    sent: list[float] = []
+
+    async def caller() -> None:
+        await limiter.acquire()
+        sent.append(time.monotonic() - started)
+
+    callers = [asyncio.create_task(caller()) for _ in range(3)]
+    await asyncio.sleep(0.05)  # the first has sent; the others wait for 0.1 s and 0.2 s
+    cooled_at = time.monotonic() - started
+    await limiter.cool_down(0.4)
+    await asyncio.gather(*callers)
+    assert sent[0] < 0.05
+    assert min(sent[1:]) >= cooled_at + 0.4 - 0.005, sent
+    assert sent[2] - sent[1] >= 0.1 - 0.005, sent
