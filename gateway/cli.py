@@ -28,6 +28,11 @@ def serve(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["STABILITY_GATEWAY_CONFIG"] = os.path.abspath(args.config)
     settings = load_settings()  # fail fast, in the parent, on a bad file
+    if args.workers > 1 and settings.rate_limit.backend == "memory":
+        raise ConfigError(
+            "rate_limit.backend 'memory' is per process: with --workers "
+            f"{args.workers} the upstream would see {args.workers}x the limit; use 'disk'"
+        )
     uvicorn.run(
         "gateway.app:app_from_environment",
         factory=True,

@@ -11,6 +11,7 @@ Blocking disk work runs in worker threads; the event loop only awaits.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ class Pipeline:
 
         try:
             if decision.store:
-                fetched, _led = await self.flights.run(generation.key, work)
+                fetched, _led = await self.flights.run(self._flight_key(generation, caller), work)
             else:
                 fetched = await work()
         except GatewayError as exc:
@@ -161,6 +162,16 @@ class Pipeline:
         assert fetched.artifacts is not None
         status = "BYPASS" if not decision.store else ("HIT" if fetched.shared else "MISS")
         return spec.render(fetched.artifacts, generation, {**headers, "X-Cache": status})
+
+    def _flight_key(self, generation: Generation, caller: dict[str, str]) -> str:
+        """Who may share one upstream call. With its own key the gateway calls upstream the
+        same way for everyone; without one it forwards each caller's Authorization, so only
+        callers with the same credential share a call (and its 401, if the credential is bad).
+        The credential enters as a hash, and only this in-memory key, never the cache key."""
+        if self.settings.api_key:
+            return generation.key
+        credential = caller.get("authorization", "").encode()
+        return f"{generation.key}:{hashlib.sha256(credential).hexdigest()}"
 
     def _stale(
         self,

@@ -69,3 +69,32 @@ async def test_upstream_receives_the_filled_in_request(client, upstream) -> None
     sent = json.loads(upstream.calls[0].content)
     assert (sent["width"], sent["height"], sent["cfg_scale"], sent["steps"]) == (1024, 1024, 7, 30)
     assert upstream.calls[0].headers["authorization"].startswith("Bearer sk-test-")
+
+
+@pytest.mark.anyio
+async def test_without_a_gateway_key_a_bad_credential_is_not_shared(settings: Settings) -> None:
+    """Callers forwarding their own keys share the cache, but never another caller's 401."""
+    import dataclasses
+
+    class Checking(Upstream):
+        async def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.headers.get("authorization") != "Bearer good":
+                self.calls.append(request)
+                await asyncio.sleep(self.delay)
+                return httpx.Response(401, json={"id": "0" * 32, "name": "unauthorized",
+                                                 "message": "bad key"})  # fmt: skip
+            return await super().__call__(request)
+
+    upstream = Checking(delay=0.05)
+    keyless = dataclasses.replace(settings, api_key="")
+    app = create_app(keyless, transport=httpx.MockTransport(upstream))
+    payload = {"text_prompts": [{"text": "per caller"}], "width": 1024, "height": 1024}
+    credentials = ["Bearer bad", "Bearer good"] * 3
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+        answers = await asyncio.gather(
+            *(c.post(PATH, json=payload, headers={"Authorization": a}) for a in credentials)
+        )
+    app.state.store.close()
+    by_credential = {(a, r.status_code) for a, r in zip(credentials, answers, strict=True)}
+    assert ("Bearer good", 401) not in by_credential
+    assert ("Bearer good", 200) in by_credential

@@ -48,3 +48,12 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_settings(path, environ={})
+
+
+def test_memory_limiter_with_several_workers_is_refused(tmp_path: Path, capsys) -> None:
+    from gateway.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text('[rate_limit]\nbackend = "memory"\n')
+    assert main(["serve", "--config", str(path), "--workers", "2"]) == 2
+    assert "per process" in capsys.readouterr().err
