@@ -1,0 +1,148 @@
+"""Section 3: limiter conformance under a backlog of distinct requests, at a scaled limit.
+
+The fake upstream sits behind UpstreamRateLimit, which answers 429 as Stability does when
+a sliding window holds more calls than the limit and records every arrival. The client keeps
+twice the limit of distinct requests outstanding, so the gateway always has a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from bench.context import Context
+from bench.load import Tally, backlog
+from bench.report import Measurement, SectionResult, Target
+from bench.servers import RateLimit, start_gateway
+from bench.upstream import UpstreamRateLimit, running_fake
+from tests.fakes import ok
+from tests.fakes.stability import count_max_in_window
+
+
+def utilisation(times: list[float], limit: int, period: float) -> float | None:
+    """Share of the allowed rate used, from whole multiples of the limit.
+
+    Under a sliding-window limit, call number i + limit can come no earlier than call i plus
+    one period, so k * limit calls take at least k periods: t[k*limit] - t[0] >= k * period.
+    Utilisation is k * period / (t[k*limit] - t[0]) for the largest k the calls allow: 1.0
+    for a limiter that sends exactly at the limit, whether it paces evenly or in bursts,
+    and not flattered by where a measuring window happens to start. None for fewer than
+    limit + 1 calls.
+    """
+    ordered = sorted(times)
+    k = (len(ordered) - 1) // limit
+    if k < 1:
+        return None
+    span = ordered[k * limit] - ordered[0]
+    return k * period / span if span > 0 else None
+
+
+@dataclass
+class LimiterRun:
+    workers: int
+    arrivals: list[float]
+    refused: int
+    tally: Tally
+    seconds: float
+
+    def in_run(self) -> list[float]:
+        """Arrivals from the first one until the load stopped (queued stragglers excluded)."""
+        if not self.arrivals:
+            return []
+        start = min(self.arrivals)
+        return [t for t in self.arrivals if t < start + self.seconds]
+
+    def to_json(self) -> dict[str, Any]:
+        start = min(self.arrivals, default=0.0)
+        return {
+            "workers": self.workers,
+            "upstream_arrivals": len(self.arrivals),
+            "upstream_arrivals_during_load": len(self.in_run()),
+            "upstream_429s": self.refused,
+            "arrival_offsets_s": [round(t - start, 4) for t in sorted(self.arrivals)],
+            "client": self.tally.to_json(),
+        }
+
+
+def _run_once(ctx: Context, workers: int) -> LimiterRun:
+    o = ctx.options
+    rate = RateLimit(o.limiter_limit, o.limiter_period)
+    latency = o.upstream_latency
+    with running_fake(ok(delay=latency), limit=(rate.limit, rate.period)) as fake:
+        enforcer = fake.app
+        assert isinstance(enforcer, UpstreamRateLimit)
+        gateway = start_gateway(
+            ctx.work, f"limiter-{workers}w", fake.url, rate=rate, workers=workers
+        )
+        try:
+            ctx.log(f"--workers {workers}, {o.limiter_duration:g} s backlog")
+            tally = asyncio.run(
+                backlog(
+                    gateway.url,
+                    2 * rate.limit,
+                    o.limiter_duration,
+                    ctx.first_seed(),
+                    timeout=o.limiter_duration + 30,
+                )
+            )
+        finally:
+            gateway.stop()
+        return LimiterRun(workers, enforcer.arrivals, enforcer.refused, tally, o.limiter_duration)
+
+
+def _rows(run: LimiterRun, limit: int, period: float) -> list[Measurement]:
+    who = f"gateway --workers {run.workers}"
+    used = utilisation(run.in_run(), limit, period)
+    return [
+        Measurement(
+            "most upstream calls in any window",
+            who,
+            float(count_max_in_window(run.arrivals, period)),
+            f"per {period:g} s",
+            "every arrival at the fake, any half-open window [t, t + period)",
+            Target("<=", limit),
+        ),
+        Measurement(
+            "share of the allowed rate used",
+            who,
+            None if used is None else 100 * used,
+            "%",
+            "k*period / (t[k*limit] - t[0]) over the arrivals while loaded; see notes",
+            Target(">=", 95, " %"),
+        ),
+        Measurement(
+            "upstream 429s",
+            who,
+            float(run.refused),
+            "",
+            "429s the rate-enforcing wrapper in front of the fake sent",
+            Target("==", 0),
+        ),
+    ]
+
+
+def run(ctx: Context) -> SectionResult:
+    o = ctx.options
+    section = SectionResult("limiter", "rate-limiter conformance")
+    runs = [_run_once(ctx, workers) for workers in o.limiter_workers]
+    for r in runs:
+        section.add(*_rows(r, o.limiter_limit, o.limiter_period))
+        section.notes.append(
+            f"--workers {r.workers}: {len(r.in_run())} upstream calls while loaded "
+            f"({len(r.arrivals)} in all), client answers {r.tally.statuses()}, "
+            f"transport errors {dict(r.tally.errors)}, {r.tally.cancelled} requests still "
+            f"queued when the load stopped were cancelled by the client; "
+            f"{len(r.arrivals) - len(r.in_run())} upstream calls came after the load stopped."
+        )
+    section.notes += [
+        f"Limit {o.limiter_limit} per {o.limiter_period:g} s (the production 150 per 60 s, "
+        f"scaled), the configured margin added by the gateway, the disk limiter backend "
+        f"(default), upstream latency {o.upstream_latency:g} s, a backlog of "
+        f"{2 * o.limiter_limit} distinct requests for {o.limiter_duration:g} s.",
+        "Utilisation: k*limit calls need at least k periods under any conforming limiter, so "
+        "k*period over the time they took is the share of the allowed rate used; a gateway "
+        "margin of m seconds per period caps it at period / (period + m).",
+    ]
+    section.raw["runs"] = [r.to_json() for r in runs]
+    return section
