@@ -2,8 +2,8 @@
 
 uvicorn has no sendfile, so every hit served from disk costs a file read through a worker
 thread; hot images are better answered from memory. The tier is an LRU bounded by bytes
-(the image bytes plus their base64 form, which the JSON answer needs and which is computed
-once per entry, not per request).
+(the image bytes plus one JSON rendering with the image in base64, which is built on the
+first JSON hit and kept: see `Artifact.rendered`).
 
 Each worker process has its own tier, and another process may delete or replace an entry
 on disk. So a memory hit is trusted only while the disk still holds metadata with the
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from cache.store import Entry
+if TYPE_CHECKING:
+    from cache.store import Entry
 
 
 def footprint(entry: Entry) -> int:
-    """Bytes an entry may come to hold: the images plus their base64 text."""
+    """Bytes an entry may come to hold: the images plus one base64 rendering of each."""
     return sum(len(a.data) + (len(a.data) + 2) // 3 * 4 for a in entry.artifacts)
 
 

@@ -15,18 +15,18 @@ kept in memory and flushed in batches, so a hit costs no SQLite write.
 
 from __future__ import annotations
 
-import base64
-import functools
 import hashlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import diskcache
+
+from cache.memory import MemoryTier
 
 STAT_NAMES = ("hits", "misses", "upstream_calls", "stale_served", "bytes_served_from_cache")
 
@@ -40,11 +40,19 @@ class Artifact:
     finish_reason: str = "SUCCESS"
     media_type: str = "image/png"
 
-    @functools.cached_property
-    def b64(self) -> bytes:
-        """The base64 form JSON answers carry; computed once per Artifact object, so an
-        entry held in memory pays for it once, not on every JSON hit."""
-        return base64.b64encode(self.data)
+    _memo: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def rendered(self, form: str, build: Callable[[Artifact], bytes]) -> bytes:
+        """`build(self)`, computed once per Artifact object and form name.
+
+        An entry held in the memory tier keeps its Artifact objects, so an answer that has
+        to be derived from the image (base64 inside JSON, say) is built on the first hit
+        and reused by the next ones. The store itself never looks inside these forms.
+        """
+        body = self._memo.get(form)
+        if body is None:
+            body = self._memo[form] = build(self)
+        return body
 
 
 @dataclass
@@ -67,6 +75,7 @@ class DiskStore:
         *,
         size_limit: int = 10 * 1024**3,
         eviction_policy: str = "least-recently-stored",
+        memory_bytes: int = 0,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -76,15 +85,31 @@ class DiskStore:
             eviction_policy=eviction_policy,
         )
         self.state = diskcache.Cache(str(self.directory / "state"), eviction_policy="none")
+        self.memory = MemoryTier(memory_bytes)
         self._pending: Counter[str] = Counter()
         self._pending_hits: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     # -- entries -------------------------------------------------------------------------
 
-    def get(self, key: str) -> Entry | None:
+    def held(self, key: str) -> tuple[Entry | None, bool]:
+        """(entry from the memory tier if held and still current, whether the disk has it).
+
+        Costs one small SQLite read and no file read, so it may run on the event loop.
+        (None, True) means: read it from disk with `get`, in a thread; (None, False) is a
+        miss with no further I/O.
+        """
         meta = self.entries.get(("meta", key))
         if meta is None:
+            self.memory.discard(key)
+            return None, False
+        return self.memory.get(key, meta["created_at"]), True
+
+    def get(self, key: str) -> Entry | None:
+        """Read an entry from disk, checking every image against its SHA-256."""
+        meta = self.entries.get(("meta", key))
+        if meta is None:
+            self.memory.discard(key)
             return None
         artifacts = []
         for i, info in enumerate(meta["artifacts"]):
@@ -95,7 +120,9 @@ class DiskStore:
             artifacts.append(
                 Artifact(data, int(info["seed"]), info["finish_reason"], info["media_type"])
             )
-        return Entry(key, artifacts, meta)
+        entry = Entry(key, artifacts, meta)
+        self.memory.put(entry)
+        return entry
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         meta = self.entries.get(("meta", key))
@@ -130,9 +157,11 @@ class DiskStore:
                 self.entries.delete(("blob", entry.key, i))
         self.entries.set(("meta", entry.key), meta)
         self.entries.delete(("hits", entry.key))
+        self.memory.put(Entry(entry.key, entry.artifacts, meta))
         return meta
 
     def delete(self, key: str) -> bool:
+        self.memory.discard(key)
         meta = self.entries.pop(("meta", key), None)
         count = len(meta["artifacts"]) if meta else 0
         for i in range(max(count, 1)):
@@ -159,6 +188,7 @@ class DiskStore:
     def purge(self) -> int:
         count = sum(1 for k in self.entries.iterkeys() if isinstance(k, tuple) and k[0] == "meta")
         self.entries.clear()
+        self.memory.clear()
         with self._lock:
             self._pending_hits.clear()
         return count

@@ -93,7 +93,11 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     store: DiskStore | None = None,
 ) -> Starlette:
-    store = store or DiskStore(settings.cache.dir, size_limit=settings.cache.size_limit_bytes)
+    store = store or DiskStore(
+        settings.cache.dir,
+        size_limit=settings.cache.size_limit_bytes,
+        memory_bytes=settings.cache.memory_tier_bytes,
+    )
     upstream = None
     if settings.mode == "online":
         upstream = UpstreamClient(

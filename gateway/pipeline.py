@@ -71,9 +71,7 @@ class Pipeline:
         controls = Controls.from_headers(
             request.headers, allow_cached_default=self.settings.cache.allow_cached_default
         )
-        entry = None if controls.no_store else await anyio.to_thread.run_sync(
-            self.store.get, generation.key
-        )  # fmt: skip
+        entry = None if controls.no_store else await self._lookup(generation.key)
         decision = decide(
             mode=self.settings.mode,
             controls=controls,
@@ -108,6 +106,13 @@ class Pipeline:
             )
         except GatewayError as exc:
             return exc.response(v2=spec.v2, headers=headers)
+
+    async def _lookup(self, key: str) -> Entry | None:
+        """Memory tier first (no thread hop for a hot entry), then the disk in a thread."""
+        entry, on_disk = self.store.held(key)
+        if entry is None and on_disk:
+            entry = await anyio.to_thread.run_sync(self.store.get, key)
+        return entry
 
     async def _placeholder(
         self, generation: Generation, spec: RouteSpec, decision: Decision
@@ -212,18 +217,14 @@ class Pipeline:
         deadline = self.settings.timeouts.deadline_seconds
         deadline_at = time.monotonic() + deadline if deadline_at is None else deadline_at
         lease = DiskLease(self.store.state, generation.key, deadline)
-        holds = store and await anyio.to_thread.run_sync(lease.acquire)
-        if store and not holds:
-            await self._wait_for_lease(lease, deadline_at)
-            holds = await anyio.to_thread.run_sync(lease.acquire)
+        holds = False
         if store:
-            # Checked after taking the lease, not only before: the holder may have stored and
-            # released between this request's lookup and its acquire.
-            shared = await self._stored_since(generation, seen)
+            holds, shared = await anyio.to_thread.run_sync(self._claim, lease, generation, seen)
+            if not holds and shared is None:
+                await self._wait_for_lease(lease, deadline_at)
+                holds, shared = await anyio.to_thread.run_sync(self._claim, lease, generation, seen)
             if shared is not None:
-                if holds:
-                    await anyio.to_thread.run_sync(lease.release)
-                return shared
+                return Fetched(artifacts=shared.artifacts, shared=True)
         store = holds  # without the lease (another caller took it), fetch but do not store
         try:
             try:
@@ -247,21 +248,60 @@ class Pipeline:
             if response.status_code != 200:
                 self._log_refusal(response, generation)
                 return Fetched(response=response)
-            artifacts = await anyio.to_thread.run_sync(self._decode, spec, response, generation)
-            if store and all(a.finish_reason == "SUCCESS" for a in artifacts):
-                entry = Entry(
-                    generation.key, artifacts, {**generation.summary, "source": "upstream"}
-                )
-                await anyio.to_thread.run_sync(self.store.put, entry)
-            elif store:
-                log.warning(
-                    "not caching key=%s: finish reasons %s", generation.key[:16],
-                    [a.finish_reason for a in artifacts],
-                )  # fmt: skip
+            artifacts = await anyio.to_thread.run_sync(
+                self._decode_and_store, spec, response, generation, lease if store else None
+            )
+            store = False  # stored and released in that same thread hop
             return Fetched(artifacts=artifacts)
         finally:
             if store:
                 await anyio.to_thread.run_sync(lease.release)
+
+    def _claim(
+        self, lease: DiskLease, generation: Generation, seen: object
+    ) -> tuple[bool, Entry | None]:
+        """Take the key's lease and look for a result stored since this request's lookup,
+        in one thread hop: (holds the lease, entry stored meanwhile or None).
+
+        Looked for after taking the lease, not only before: the holder may have stored and
+        released between this request's lookup and its acquire. Compared by identity
+        (created_at), not by time: an entry whose put began just before the lookup but
+        committed just after it has an earlier created_at, yet is new to us.
+        """
+        holds = lease.acquire()
+        meta = self.store.get_meta(generation.key)
+        shared = None
+        if meta is not None and meta.get("source") != "offline" and meta["created_at"] != seen:
+            entry = self.store.get(generation.key)
+            if entry is not None and entry.meta.get("created_at") != seen:
+                shared = entry
+        if shared is not None and holds:
+            lease.release()
+        return holds and shared is None, shared
+
+    def _decode_and_store(
+        self,
+        spec: RouteSpec,
+        response: httpx.Response,
+        generation: Generation,
+        lease: DiskLease | None,
+    ) -> list[Artifact]:
+        """Decode and check the images, store them (all SUCCESS only), release the lease:
+        one thread hop for the blocking half of a miss. With `lease` None nothing is stored."""
+        try:
+            artifacts = self._decode(spec, response, generation)
+            if lease is not None and all(a.finish_reason == "SUCCESS" for a in artifacts):
+                meta = {**generation.summary, "source": "upstream"}
+                self.store.put(Entry(generation.key, artifacts, meta))
+            elif lease is not None:
+                log.warning(
+                    "not caching key=%s: finish reasons %s", generation.key[:16],
+                    [a.finish_reason for a in artifacts],
+                )  # fmt: skip
+            return artifacts
+        finally:
+            if lease is not None:
+                lease.release()
 
     def _decode(
         self, spec: RouteSpec, response: httpx.Response, generation: Generation
@@ -285,20 +325,6 @@ class Pipeline:
             if time.monotonic() >= deadline_at:
                 return
             await asyncio.sleep(LEASE_POLL_SECONDS)
-
-    async def _stored_since(self, generation: Generation, seen: object) -> Fetched | None:
-        """The entry for the key if it is not the one this request saw at lookup.
-
-        Compared by identity (created_at), not by time: an entry whose put began just before
-        the lookup but committed just after it has an earlier created_at, yet is new to us.
-        """
-        meta = await anyio.to_thread.run_sync(self.store.get_meta, generation.key)
-        if meta is None or meta.get("source") == "offline" or meta.get("created_at") == seen:
-            return None
-        entry = await anyio.to_thread.run_sync(self.store.get, generation.key)
-        if entry is None or entry.meta.get("created_at") == seen:
-            return None
-        return Fetched(artifacts=entry.artifacts, shared=True)
 
     def _log_refusal(self, response: httpx.Response, generation: Generation) -> None:
         try:

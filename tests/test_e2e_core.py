@@ -405,3 +405,18 @@ def test_cli_cache_commands_work_on_the_folder(tmp_path: Path) -> None:
     assert cli("show", key).returncode == 1
     assert "purged 1 entries" in cli("purge").stdout
     assert json.loads(cli("stats").stdout)["entries"] == 0
+
+
+def test_a_realistic_2_6_mb_image_arrives_intact_in_both_formats(
+    client: httpx.Client, fake: FakeStability
+) -> None:
+    """Large answers are sent in slices (see gateway/responses.py): every byte must arrive."""
+    fake.script(ok(noisy=True))
+    as_json = client.post(PATH, json=body("large image"))
+    as_png = client.post(PATH, json=body("large image"), headers={"Accept": "image/png"})
+    again = client.post(PATH, json=body("large image"))
+    data = base64.b64decode(as_json.json()["artifacts"][0]["base64"])
+    assert len(data) > 2_000_000 and image_size(data) == (1344, 768)
+    assert as_png.content == data and int(as_png.headers["content-length"]) == len(data)
+    assert again.content == as_json.content  # the memoised JSON body is the same bytes
+    assert len(fake.generation_calls()) == 1

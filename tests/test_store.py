@@ -77,3 +77,17 @@ def test_counters_from_two_store_objects_add_up(tmp_path: Path) -> None:
     two.count("misses", 4)
     one.flush()
     assert two.stats()["misses"] == 5
+
+
+def test_memory_tier_serves_current_entries_only(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path, memory_bytes=10 * 1024 * 1024)
+    assert store.held("k1") == (None, False)
+    store.put(entry())
+    held, on_disk = store.held("k1")
+    assert held is not None and held.artifacts[0].data == BIG and on_disk
+    other = DiskStore(tmp_path)  # another worker process replaces the entry on disk
+    other.put(entry(data=b"newer"))
+    assert store.held("k1") == (None, True)  # the memory copy is stale now
+    assert store.get("k1").artifacts[0].data == b"newer"
+    other.delete("k1")
+    assert store.held("k1") == (None, False) and store.get("k1") is None

@@ -41,6 +41,7 @@ from cache.store import Artifact
 from gateway.errors import UpstreamError
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
+from gateway.responses import BytesResponse
 from gateway.routes.common import read_multipart, wants_json_v2
 from gateway.validation import (
     MAX_V2_SEED,
@@ -150,20 +151,26 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
     return [Artifact(data, seed, finish_reason, media_type)]
 
 
+def _v2_json(artifact: Artifact) -> bytes:
+    return b"".join(
+        (
+            b'{"image":"',
+            base64.b64encode(artifact.data),
+            b'","finish_reason":',
+            json.dumps(artifact.finish_reason).encode(),
+            b',"seed":',
+            str(artifact.seed).encode(),
+            b"}",
+        )
+    )
+
+
 def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Response:
     """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
     if want == "json":
-        body = (
-            b'{"image":"'
-            + artifact.b64
-            + b'","finish_reason":'
-            + json.dumps(artifact.finish_reason).encode()
-            + b',"seed":'
-            + str(artifact.seed).encode()
-            + b"}"
-        )
-        return Response(body, media_type="application/json", headers=headers)
-    return Response(
+        body = artifact.rendered("v2-json", _v2_json)
+        return BytesResponse(body, media_type="application/json", headers=headers)
+    return BytesResponse(
         artifact.data,
         media_type=artifact.media_type,
         headers={**headers, "finish-reason": artifact.finish_reason, "seed": str(artifact.seed)},

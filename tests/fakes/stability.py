@@ -779,7 +779,7 @@ class FakeStability:
         logger = logging.getLogger("uvicorn.error")
         if _RESET_LOG_FILTER not in logger.filters:
             logger.addFilter(_RESET_LOG_FILTER)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
