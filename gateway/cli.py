@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
+
+import uvicorn
 
 from gateway.config import ConfigError, load_settings
 
@@ -22,8 +26,24 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+class NoDelayConfig(uvicorn.Config):
+    """uvicorn's Config, with TCP_NODELAY on the socket it binds for `--workers N`.
+
+    With one worker uvicorn lets asyncio create the socket, and asyncio turns Nagle's
+    algorithm off on every connection. With several, uvicorn binds a socket itself without
+    naming the protocol, so asyncio leaves Nagle on, and an answer written in pieces
+    (headers, then body slices) can wait ~40 ms for a delayed ACK. Set on the listening
+    socket, the option is inherited by every connection it accepts (Linux).
+    """
+
+    def bind_socket(self) -> socket.socket:
+        sock = super().bind_socket()
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     if args.config:
         os.environ["STABILITY_GATEWAY_CONFIG"] = os.path.abspath(args.config)
@@ -33,7 +53,7 @@ def serve(args: argparse.Namespace) -> int:
             "rate_limit.backend 'memory' is per process: with --workers "
             f"{args.workers} the upstream would see {args.workers}x the limit; use 'disk'"
         )
-    uvicorn.run(
+    config = NoDelayConfig(
         "gateway.app:app_from_environment",
         factory=True,
         host=args.host or settings.gateway.host,
@@ -43,6 +63,18 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
     )
+    server = uvicorn.Server(config)
+    if config.workers > 1:  # what uvicorn.run does for workers, with our Config
+        from uvicorn.supervisors import Multiprocess
+
+        # uvicorn < 0.36 also wants the server's run method as `target`.
+        wants_target = "target" in inspect.signature(Multiprocess).parameters
+        extra = {"target": server.run} if wants_target else {}
+        Multiprocess(config, sockets=[config.bind_socket()], **extra).run()
+    else:
+        server.run()
+        if not server.started:
+            return 3  # uvicorn logged why (port in use, app failed to start)
     return 0
 
 
