@@ -410,7 +410,7 @@ def test_cli_cache_commands_work_on_the_folder(tmp_path: Path) -> None:
 def test_a_realistic_2_6_mb_image_arrives_intact_in_both_formats(
     client: httpx.Client, fake: FakeStability
 ) -> None:
-    """Large answers are sent in slices (see gateway/responses.py): every byte must arrive."""
+    """Large answers (megabytes of base64 in JSON) arrive whole and identical."""
     fake.script(ok(noisy=True))
     as_json = client.post(PATH, json=body("large image"))
     as_png = client.post(PATH, json=body("large image"), headers={"Accept": "image/png"})
