@@ -41,7 +41,6 @@ from cache.store import Artifact
 from gateway.errors import UpstreamError
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
-from gateway.responses import BytesResponse
 from gateway.routes.common import read_multipart, wants_json_v2
 from gateway.validation import (
     MAX_V2_SEED,
@@ -169,8 +168,8 @@ def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Respons
     """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
     if want == "json":
         body = artifact.rendered("v2-json", _v2_json)
-        return BytesResponse(body, media_type="application/json", headers=headers)
-    return BytesResponse(
+        return Response(body, media_type="application/json", headers=headers)
+    return Response(
         artifact.data,
         media_type=artifact.media_type,
         headers={**headers, "finish-reason": artifact.finish_reason, "seed": str(artifact.seed)},

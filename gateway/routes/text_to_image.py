@@ -17,7 +17,6 @@ from cache.store import Artifact
 from gateway.errors import BadRequest, UpstreamError
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
-from gateway.responses import BytesResponse
 from gateway.routes.common import read_json_object, wants_image
 from gateway.validation import (
     SDXL_V1_ENGINES,
@@ -114,7 +113,7 @@ class TextToImage:
     ) -> Response:
         if generation.want == "image":
             first = artifacts[0]
-            return BytesResponse(
+            return Response(
                 first.data,
                 media_type="image/png",
                 headers={
@@ -124,7 +123,7 @@ class TextToImage:
                 },
             )
         body = json_artifacts(artifacts)
-        return BytesResponse(body, media_type="application/json", headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     def placeholder(self, generation: Generation) -> list[Artifact]:
         width, height = generation.expected_size or (1024, 1024)
