@@ -11,10 +11,13 @@ Blocking disk work runs in worker threads; the event loop only awaits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio.to_thread
 import httpx
@@ -28,7 +31,7 @@ from gateway.generation import Generation, RouteSpec
 from gateway.images import check_image
 from gateway.jobs import JobBook, job_id
 from gateway.policy import Action, Controls, Decision, decide
-from gateway.singleflight import DiskLease, SingleFlight
+from gateway.singleflight import DiskLease, Flight, SingleFlight
 from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway.pipeline")
@@ -140,16 +143,23 @@ class Pipeline:
         deadline_at = time.monotonic() + self.settings.timeouts.deadline_seconds
         seen = entry.meta.get("created_at") if entry is not None else None
 
-        async def work() -> Fetched:
+        async def work(flight: Flight) -> Fetched:
             return await self._fetch(
-                generation, spec, caller, store=decision.store, seen=seen, deadline_at=deadline_at
-            )
+                generation, spec, caller, store=decision.store, seen=seen,
+                deadline_at=deadline_at, on_send=flight.commit,
+            )  # fmt: skip
+
+        async def shared() -> Fetched:
+            if not decision.store:  # nobody else may use this answer: nothing to share
+                return await work(Flight())
+            fetched, _led = await self.flights.run(self._flight_key(generation, caller), work)
+            return fetched
 
         try:
-            if decision.store:
-                fetched, _led = await self.flights.run(self._flight_key(generation, caller), work)
-            else:
-                fetched = await work()
+            fetched = await unless_disconnected(request, shared())
+        except ClientGone:
+            log.info("caller went away while waiting for key=%s", generation.key[:16])
+            return Response(status_code=499)
         except GatewayError as exc:
             if exc.status >= 500 or exc.status == 429:
                 stale = self._stale(generation, spec, fallback, headers, str(exc))
@@ -208,6 +218,7 @@ class Pipeline:
         store: bool,
         seen: object = None,
         deadline_at: float | None = None,
+        on_send: Callable[[], None] = lambda: None,
     ) -> Fetched:
         """One upstream call for the key, unless a concurrent identical request (in this
         worker or another) has just stored its result: `seen` is the created_at of the entry
@@ -232,7 +243,9 @@ class Pipeline:
                 if remaining <= 0:  # spent waiting for another worker's call
                     raise TimeoutError
                 async with asyncio.timeout(remaining):
-                    response = await self.upstream.send(generation.upstream, caller)
+                    response = await self.upstream.send(
+                        generation.upstream, caller, on_send=on_send
+                    )
             except TimeoutError:
                 raise GatewayTimeout(
                     f"the upstream did not answer within the "
@@ -336,6 +349,39 @@ class Pipeline:
                 "content policy refusal (%s, %d) for prompts %r",
                 name, response.status_code, generation.summary.get("prompts"),
             )  # fmt: skip
+
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The caller closed its connection before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, unless the caller disconnects first: then cancel it and raise ClientGone.
+
+    Starlette does not cancel a handler whose client has gone, so without this a request
+    abandoned in the rate-limit queue would still spend a credit when its turn came. The
+    request body has been read by now, so the next ASGI message can only be the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def passthrough(response: httpx.Response, headers: dict[str, str]) -> Response:

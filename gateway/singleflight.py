@@ -2,7 +2,8 @@
 
 Within a process: the first caller for a key (the leader) starts the work as a task of its
 own; everyone else for that key awaits the same task and gets its result or its exception.
-The task is shielded, so a leader whose client hangs up does not cancel the others' answer.
+The task is shielded, so a leader whose client hangs up does not cancel the others' answer;
+when the last caller leaves before the upstream call was sent, the work is cancelled.
 
 Across worker processes: the pipeline additionally takes a lease in the shared diskcache
 (`DiskLease`) before calling upstream; a process that finds the lease taken waits for the
@@ -27,22 +28,52 @@ import diskcache
 T = TypeVar("T")
 
 
+class Flight:
+    """One shared call: how many callers still wait for it, and whether it has been sent.
+
+    Once the upstream request has gone out the credit is spent, so the call is finished and
+    its result cached even if every caller has left; before that, a flight nobody waits for
+    any more is cancelled, and its place in the rate-limit queue goes unused.
+    """
+
+    def __init__(self) -> None:
+        self.waiters = 0
+        self.committed = False
+        self.task: asyncio.Task[object] | None = None
+
+    def commit(self) -> None:
+        self.committed = True
+
+
 class SingleFlight:
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Task[object]] = {}
+        self._flights: dict[str, Flight] = {}
 
     def in_flight(self, key: str) -> bool:
         return key in self._flights
 
-    async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """(result, led): led is True for the one caller whose call did the work."""
-        task = self._flights.get(key)
-        led = task is None
-        if task is None:
-            task = asyncio.ensure_future(work())
-            self._flights[key] = task
-            task.add_done_callback(lambda _t: self._flights.pop(key, None))
-        result = await asyncio.shield(task)
+    async def run(self, key: str, work: Callable[[Flight], Awaitable[T]]) -> tuple[T, bool]:
+        """(result, led): led is True for the one caller whose call did the work.
+
+        Cancelling a caller (its client hung up) never cancels the others' answer; the last
+        caller to leave cancels the work only if it has not committed to the upstream yet.
+        """
+        flight = self._flights.get(key)
+        led = flight is None
+        if flight is None:
+            flight = self._flights[key] = Flight()
+            flight.task = asyncio.ensure_future(work(flight))
+            flight.task.add_done_callback(lambda _t: self._flights.pop(key, None))
+        assert flight.task is not None
+        flight.waiters += 1
+        try:
+            result = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            if flight.waiters == 1 and not flight.committed:
+                flight.task.cancel()
+            raise
+        finally:
+            flight.waiters -= 1
         return result, led  # type: ignore[return-value]
 
 

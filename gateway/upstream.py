@@ -135,10 +135,15 @@ class UpstreamClient:
             )  # fmt: skip
 
     async def send(
-        self, request: UpstreamRequest, caller_headers: Mapping[str, str]
+        self,
+        request: UpstreamRequest,
+        caller_headers: Mapping[str, str],
+        *,
+        on_send: Callable[[], None] = lambda: None,
     ) -> httpx.Response:
         """Returns the final upstream response (2xx, a non-retryable error, or the last
-        retryable one); raises UpstreamUnavailable/GatewayTimeout when no answer came."""
+        retryable one); raises UpstreamUnavailable/GatewayTimeout when no answer came.
+        `on_send` is called just before each attempt goes out (after the limiter)."""
         headers = self.headers_for(caller_headers, request.accept)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.retry.attempts),
@@ -152,6 +157,7 @@ class UpstreamClient:
                 with attempt:
                     await self.limiter.acquire()
                     self.on_attempt()
+                    on_send()
                     response = await self._request(request, headers)
                     if response.status_code in RETRY_STATUSES:
                         raise RetryableStatus(response)

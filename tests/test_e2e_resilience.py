@@ -508,6 +508,32 @@ def test_gateway_429_when_the_queue_is_too_long(
     assert len(own_fake.generation_calls()) == 1  # the refused request never went upstream
 
 
+def test_callers_who_leave_the_queue_spend_no_credit(
+    own_fake: FakeStability, start_gateway: StartGateway, prompt: str
+) -> None:
+    """A request abandoned while queued for the limiter is cancelled before it reaches the
+    upstream; a flight still wanted by another caller goes ahead."""
+    gateway = start_gateway(own_fake.url, rate_limit=1, rate_period=3, rate_margin=0)
+    assert post(gateway, body(prompt + " first")).status_code == 200
+    with pytest.raises(httpx.TimeoutException):  # queued ~3 s; the caller gives up at 0.5 s
+        post(gateway, body(prompt + " abandoned"), timeout=0.5)
+
+    async def one_leaves_one_stays() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            leaver = asyncio.ensure_future(client.post(TEXT, json=body(prompt + " shared"),
+                                                       timeout=0.5))  # fmt: skip
+            stayer = client.post(TEXT, json=body(prompt + " shared"), timeout=30)
+            with pytest.raises(httpx.TimeoutException):
+                await leaver
+            return await stayer
+
+    stayed = asyncio.run(one_leaves_one_stays())
+    assert stayed.status_code == 200
+    paths = [call.json()["text_prompts"][0]["text"] for call in own_fake.generation_calls()]
+    assert paths == [prompt + " first", prompt + " shared"]  # never the abandoned one
+    assert "caller went away" in gateway.logs()
+
+
 def _conformance(
     fake: FakeStability, gateway: GatewayProcess, prompt: str, n: int, limit: int, period: float
 ) -> None:
