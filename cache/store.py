@@ -54,6 +54,11 @@ class Artifact:
             body = self._memo[form] = build(self)
         return body
 
+    def remember(self, form: str, body: bytes) -> None:
+        """Store a form already at hand (the upstream's own JSON, say), so that
+        `rendered` need not build it."""
+        self._memo[form] = body
+
 
 @dataclass
 class Entry:

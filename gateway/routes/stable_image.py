@@ -61,6 +61,7 @@ from gateway.validation import (
     check_form,
 )
 
+V2_JSON = "v2-json"  # the memoised form of the JSON answer (Artifact.rendered)
 MEDIA_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 ASPECT_TOLERANCE = 0.05
 MAX_PLACEHOLDER_SIDE = 4096
@@ -134,7 +135,8 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
     """Stability's v2beta JSON answer -> one artifact in the requested format."""
     try:
         payload = response.json()
-        data = base64.b64decode(payload["image"], validate=True)
+        text = payload["image"]
+        data = binascii.a2b_base64(text, strict_mode=True)
         seed = int(payload.get("seed") or 0)
         finish_reason = str(payload.get("finish_reason") or "SUCCESS")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -147,14 +149,16 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
     if ratio:
         check_aspect(data, ratio)
     media_type = MEDIA_TYPES[generation.expected_formats[0]]
-    return [Artifact(data, seed, finish_reason, media_type)]
+    artifact = Artifact(data, seed, finish_reason, media_type)
+    artifact.remember(V2_JSON, _v2_json(artifact, b64=text.encode("ascii")))  # no re-encoding
+    return [artifact]
 
 
-def _v2_json(artifact: Artifact) -> bytes:
+def _v2_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
     return b"".join(
         (
             b'{"image":"',
-            base64.b64encode(artifact.data),
+            base64.b64encode(artifact.data) if b64 is None else b64,
             b'","finish_reason":',
             json.dumps(artifact.finish_reason).encode(),
             b',"seed":',
@@ -167,7 +171,7 @@ def _v2_json(artifact: Artifact) -> bytes:
 def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Response:
     """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
     if want == "json":
-        body = artifact.rendered("v2-json", _v2_json)
+        body = artifact.rendered(V2_JSON, _v2_json)
         return Response(body, media_type="application/json", headers=headers)
     return Response(
         artifact.data,

@@ -27,6 +27,7 @@ from gateway.validation import (
 )
 
 ROUTE = "v1/text-to-image"
+V1_JSON = "v1-json"  # the memoised form of a one-image JSON answer (Artifact.rendered)
 
 
 def fill_defaults(
@@ -92,14 +93,21 @@ class TextToImage:
             raw_artifacts = payload["artifacts"]
             if not isinstance(raw_artifacts, list) or not raw_artifacts:
                 raise TypeError("no artifacts")
+            texts = [item["base64"] for item in raw_artifacts]
             artifacts = [
                 Artifact(
-                    data=base64.b64decode(item["base64"], validate=True),
+                    # strict: one C pass that refuses anything but canonical alphabet and
+                    # padding (a third of b64decode(validate=True)'s regex-then-decode cost)
+                    data=binascii.a2b_base64(text, strict_mode=True),
                     seed=int(item.get("seed", 0)),
                     finish_reason=str(item.get("finishReason", "SUCCESS")),
                 )
-                for item in raw_artifacts
+                for item, text in zip(raw_artifacts, texts, strict=True)
             ]
+            if len(artifacts) == 1:  # the upstream's base64 is ours: no need to encode again
+                artifacts[0].remember(
+                    V1_JSON, _single_answer(artifacts[0], b64=texts[0].encode("ascii"))
+                )
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UpstreamError(f"upstream sent a body that is not valid JSON ({exc})") from exc
         except binascii.Error as exc:
@@ -139,11 +147,11 @@ class TextToImage:
         ]
 
 
-def _artifact_json(artifact: Artifact) -> bytes:
+def _artifact_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
     return b"".join(
         (
             b'{"base64":"',
-            base64.b64encode(artifact.data),
+            base64.b64encode(artifact.data) if b64 is None else b64,
             b'","seed":',
             str(artifact.seed).encode(),
             b',"finishReason":',
@@ -153,13 +161,13 @@ def _artifact_json(artifact: Artifact) -> bytes:
     )
 
 
-def _single_answer(artifact: Artifact) -> bytes:
-    return b"".join((b'{"artifacts":[', _artifact_json(artifact), b"]}"))
+def _single_answer(artifact: Artifact, b64: bytes | None = None) -> bytes:
+    return b"".join((b'{"artifacts":[', _artifact_json(artifact, b64), b"]}"))
 
 
 def json_artifacts(artifacts: list[Artifact]) -> bytes:
     """Stability's v1 JSON answer. A one-image answer (the usual case) is built once per
     artifact and reused: base64-encoding a 2.6 MB image costs milliseconds per request."""
     if len(artifacts) == 1:
-        return artifacts[0].rendered("v1-json", _single_answer)
+        return artifacts[0].rendered(V1_JSON, _single_answer)
     return b"".join((b'{"artifacts":[', b",".join(map(_artifact_json, artifacts)), b"]}"))
