@@ -46,7 +46,6 @@ def start_gateway(
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     extra: dict[str, object] = {
-        "log_level": "warning",
         "rate_limit": rate.limit,
         "rate_period": rate.period,
     }

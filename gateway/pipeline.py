@@ -84,7 +84,9 @@ class Pipeline:
             refresh_random=self.settings.cache.random_seed_policy == "refresh",
             random_seed=generation.random_seed,
         )
-        log.info(
+        # Hits at DEBUG: they are the bulk of the traffic and uvicorn's access log has them.
+        log.log(
+            logging.DEBUG if decision.action is Action.SERVE else logging.INFO,
             "%s %s key=%s: %s", generation.route, generation.engine, generation.key[:16],
             decision.reason,
         )  # fmt: skip
