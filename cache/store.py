@@ -3,14 +3,16 @@
 Layout inside the cache folder (two diskcache caches, so that counters are never evicted):
 
     entries/   ("meta", key) -> metadata dict       (small: SQLite row)
-               ("blob", key, i) -> image bytes      (>= 32 KiB: a file of its own)
+               ("blob", key, version, i) -> image bytes  (>= 32 KiB: a file of its own)
                ("hits", key) -> (count, last_hit_at)
     state/     counters, rate-limiter and lock records; eviction_policy "none"
 
 Blobs are written before their metadata and read after it, so metadata is the commit
-marker: an entry whose blob is missing (evicted, deleted by hand) or whose bytes no longer
-match the SHA-256 in the metadata is treated as a miss and removed. Counters for hits are
-kept in memory and flushed in batches, so a hit costs no SQLite write.
+marker. Each put writes its blobs under a fresh version named in the metadata, and removes
+the previous version's only after the new metadata is in place: a reader in another
+process never mixes two versions. An entry whose blob is missing (evicted, deleted by
+hand) or whose bytes no longer match the SHA-256 in the metadata is a miss and is removed.
+Counters for hits are kept in memory and flushed in batches, so a hit costs no SQLite write.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -71,6 +74,11 @@ class Entry:
         return sum(len(a.data) for a in self.artifacts)
 
 
+def _blob(key: str, meta: dict[str, Any], index: int) -> tuple[str, str, str, int]:
+    """Where one image of one version of an entry lives."""
+    return ("blob", key, str(meta.get("version", "")), index)
+
+
 class DiskStore:
     """diskcache-backed storage of generation results. Every method blocks: call from a thread."""
 
@@ -111,23 +119,39 @@ class DiskStore:
         return self.memory.get(key, meta["created_at"]), True
 
     def get(self, key: str) -> Entry | None:
-        """Read an entry from disk, checking every image against its SHA-256."""
-        meta = self.entries.get(("meta", key))
-        if meta is None:
-            self.memory.discard(key)
-            return None
+        """Read an entry from disk, checking every image against its SHA-256.
+
+        A mismatch has two causes: another process replaced the entry while we read it
+        (the metadata has changed since: read again), or the bytes on disk are damaged (it
+        has not: the entry is removed, and the request becomes a miss).
+        """
+        for _ in range(3):
+            meta = self.entries.get(("meta", key))
+            if meta is None:
+                self.memory.discard(key)
+                return None
+            artifacts = self._read_artifacts(key, meta)
+            if artifacts is not None:
+                entry = Entry(key, artifacts, meta)
+                self.memory.put(entry)
+                return entry
+            with self.entries.transact():
+                current = self.entries.get(("meta", key))
+                if current is not None and current.get("version") == meta.get("version"):
+                    self.delete(key)  # the same version, damaged or evicted: gone
+                    return None
+        return None  # replaced three times while we read: let this request miss
+
+    def _read_artifacts(self, key: str, meta: dict[str, Any]) -> list[Artifact] | None:
         artifacts = []
         for i, info in enumerate(meta["artifacts"]):
-            data = self.entries.get(("blob", key, i))
+            data = self.entries.get(_blob(key, meta, i))
             if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != info["sha256"]:
-                self.delete(key)
                 return None
             artifacts.append(
                 Artifact(data, int(info["seed"]), info["finish_reason"], info["media_type"])
             )
-        entry = Entry(key, artifacts, meta)
-        self.memory.put(entry)
-        return entry
+        return artifacts
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         meta = self.entries.get(("meta", key))
@@ -154,27 +178,31 @@ class DiskStore:
                 for a in entry.artifacts
             ],
         )
-        old = self.entries.get(("meta", entry.key))
+        meta["version"] = uuid.uuid4().hex
         for i, artifact in enumerate(entry.artifacts):
-            self.entries.set(("blob", entry.key, i), artifact.data)
+            self.entries.set(_blob(entry.key, meta, i), artifact.data)
+        with self.entries.transact():
+            old = self.entries.get(("meta", entry.key))
+            self.entries.set(("meta", entry.key), meta)
+            self.entries.delete(("hits", entry.key))
         if old is not None:
-            for i in range(len(entry.artifacts), len(old["artifacts"])):
-                self.entries.delete(("blob", entry.key, i))
-        self.entries.set(("meta", entry.key), meta)
-        self.entries.delete(("hits", entry.key))
+            self._delete_blobs(entry.key, old)
         self.memory.put(Entry(entry.key, entry.artifacts, meta))
         return meta
 
     def delete(self, key: str) -> bool:
         self.memory.discard(key)
         meta = self.entries.pop(("meta", key), None)
-        count = len(meta["artifacts"]) if meta else 0
-        for i in range(max(count, 1)):
-            self.entries.delete(("blob", key, i))
+        if meta is not None:
+            self._delete_blobs(key, meta)
         self.entries.delete(("hits", key))
         with self._lock:
             self._pending_hits.pop(key, None)
         return meta is not None
+
+    def _delete_blobs(self, key: str, meta: dict[str, Any]) -> None:
+        for i in range(len(meta["artifacts"])):
+            self.entries.delete(_blob(key, meta, i))
 
     def iter_meta(self) -> Iterator[dict[str, Any]]:
         for k in list(self.entries.iterkeys()):

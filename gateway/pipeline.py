@@ -263,10 +263,10 @@ class Pipeline:
             if response.status_code != 200:
                 self._log_refusal(response, generation)
                 return Fetched(response=response)
+            owned, store = lease if store else None, False  # released by _decode_and_store
             artifacts = await anyio.to_thread.run_sync(
-                self._decode_and_store, spec, response, generation, lease if store else None
+                self._decode_and_store, spec, response, generation, owned
             )
-            store = False  # stored and released in that same thread hop
             return Fetched(artifacts=artifacts)
         finally:
             if store:

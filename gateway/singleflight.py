@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -52,6 +53,10 @@ class SingleFlight:
     def in_flight(self, key: str) -> bool:
         return key in self._flights
 
+    def _forget(self, key: str, flight: Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
     async def run(self, key: str, work: Callable[[Flight], Awaitable[T]]) -> tuple[T, bool]:
         """(result, led): led is True for the one caller whose call did the work.
 
@@ -63,13 +68,16 @@ class SingleFlight:
         if flight is None:
             flight = self._flights[key] = Flight()
             flight.task = asyncio.ensure_future(work(flight))
-            flight.task.add_done_callback(lambda _t: self._flights.pop(key, None))
+            flight.task.add_done_callback(lambda _t: self._forget(key, flight))
         assert flight.task is not None
         flight.waiters += 1
         try:
             result = await asyncio.shield(flight.task)
         except asyncio.CancelledError:
             if flight.waiters == 1 and not flight.committed:
+                # Forget it now, not when the task has wound down: a request arriving in
+                # between must start a flight of its own, not join one being cancelled.
+                self._forget(key, flight)
                 flight.task.cancel()
             raise
         finally:
@@ -78,18 +86,27 @@ class SingleFlight:
 
 
 class DiskLease:
-    """A per-key lease in the shared state cache: `add` is atomic across processes."""
+    """A per-key lease in the shared state cache: `add` is atomic across processes.
+
+    The lease holds a token of its own, and `release` deletes it only while the token is
+    still there: a holder whose lease expired (it outlived the deadline) must not delete
+    the lease another worker has taken since.
+    """
 
     def __init__(self, state: diskcache.Cache, key: str, seconds: float) -> None:
         self.state = state
         self.name = ("flight", key)
         self.seconds = seconds
+        self.token = f"{os.getpid()}:{uuid.uuid4().hex}"
 
     def acquire(self) -> bool:
-        return bool(self.state.add(self.name, os.getpid(), expire=self.seconds))
+        return bool(self.state.add(self.name, self.token, expire=self.seconds))
 
     def held_elsewhere(self) -> bool:
-        return self.state.get(self.name) is not None
+        holder = self.state.get(self.name)
+        return holder is not None and holder != self.token
 
     def release(self) -> None:
-        self.state.delete(self.name)
+        with self.state.transact():
+            if self.state.get(self.name) == self.token:
+                self.state.delete(self.name)

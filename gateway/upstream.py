@@ -14,6 +14,7 @@ again. What is not: every other status (400 invalid_prompts, 401, 403 content_mo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,14 +49,28 @@ class RetryableStatus(Exception):
         self.response = response
 
 
-def retry_after_seconds(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response, ceiling: float) -> float | None:
+    """The upstream's Retry-After in seconds, at most `ceiling`.
+
+    Bounded because it becomes a cool-down stored on disk for every caller: a stray
+    `Retry-After: 86400` (or `inf`) must not freeze the gateway, across restarts, for a day.
+    """
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None  # an HTTP date: rare from Stability; fall back to our own backoff
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), ceiling)
+
+
+def _as_sent(value: str) -> bytes:
+    """A caller's header value as the bytes it sent: Starlette decodes headers as latin-1,
+    and httpx would encode a str as ASCII, failing on anything else."""
+    return value.encode("latin-1")
 
 
 class UpstreamClient:
@@ -86,23 +101,36 @@ class UpstreamClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def headers_for(self, caller: Mapping[str, str], accept: str) -> dict[str, str]:
+    def headers_for(self, caller: Mapping[str, str], accept: str) -> dict[str, str | bytes]:
         """The gateway's own key if it has one, else the caller's Authorization."""
-        headers = {"accept": accept}
+        headers: dict[str, str | bytes] = {"accept": accept}
         if self.settings.api_key:
             headers["authorization"] = f"Bearer {self.settings.api_key}"
         elif "authorization" in caller:
-            headers["authorization"] = caller["authorization"]
+            headers["authorization"] = _as_sent(caller["authorization"])
         for name in FORWARDED_HEADERS:
             if name in caller:
-                headers[name] = caller[name]
+                headers[name] = _as_sent(caller[name])
         return headers
+
+    @property
+    def retry_after_ceiling(self) -> float:
+        """The longest Retry-After honoured: the configured cool-down or backoff cap."""
+        return max(
+            self.settings.rate_limit.cooldown_seconds, self.settings.retry.backoff_max_seconds
+        )
+
+    def _pause_after_429(self, response: httpx.Response) -> float:
+        """How long every caller waits after an upstream 429: its Retry-After (0 included),
+        else the configured cool-down (Stability promises no Retry-After)."""
+        after = retry_after_seconds(response, self.retry_after_ceiling)
+        return self.settings.rate_limit.cooldown_seconds if after is None else after
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableStatus):
-            after = retry_after_seconds(exc.response)
+            after = retry_after_seconds(exc.response, self.retry_after_ceiling)
             if after is not None:
                 return after
         return backoff
@@ -112,9 +140,7 @@ class UpstreamClient:
         delay = state.next_action.sleep if state.next_action else 0.0
         attempt = state.attempt_number
         if isinstance(exc, RetryableStatus) and exc.response.status_code == 429:
-            pause = retry_after_seconds(exc.response)
-            if pause is None:
-                pause = self.settings.rate_limit.cooldown_seconds
+            pause = self._pause_after_429(exc.response)
             await self.limiter.cool_down(pause)
             # The retry passes the limiter, which now holds every caller for `pause`: say
             # when it will really go, not just tenacity's own wait.
@@ -164,9 +190,7 @@ class UpstreamClient:
                     return response
         except RetryableStatus as exc:
             if exc.response.status_code == 429:
-                await self.limiter.cool_down(
-                    retry_after_seconds(exc.response) or self.settings.rate_limit.cooldown_seconds
-                )
+                await self.limiter.cool_down(self._pause_after_429(exc.response))
             log.warning(
                 "upstream answered %d after %d attempts; giving up",
                 exc.response.status_code, self.settings.retry.attempts,

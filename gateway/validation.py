@@ -58,8 +58,10 @@ class Rule:
 TEXT_TO_IMAGE_RULES: Mapping[str, Rule] = {
     "cfg_scale": Rule("number", 0, 35),
     "clip_guidance_preset": Rule("string", choices=CLIP_GUIDANCE_PRESETS),
-    "height": Rule("int", 128, multiple_of=64, error="invalid_height_or_width"),
-    "width": Rule("int", 128, multiple_of=64, error="invalid_height_or_width"),
+    # No Stability v1 engine goes beyond 2048 a side; the bound also keeps an offline
+    # placeholder from allocating gigabytes.
+    "height": Rule("int", 128, 2048, multiple_of=64, error="invalid_height_or_width"),
+    "width": Rule("int", 128, 2048, multiple_of=64, error="invalid_height_or_width"),
     "sampler": Rule("string", choices=SAMPLERS),
     "samples": Rule("int", 1, 10, error="invalid_samples"),
     "seed": Rule("int", 0, MAX_SEED),
@@ -171,6 +173,10 @@ MASK_SOURCES = ("MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA")
 PIL_FORMATS: Mapping[str, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
 
+MAX_NUMBER_CHARS = 40
+# Uploads larger than this are refused before decoding unless a rule says otherwise
+# (Stability's own inputs top out around 9.4 megapixels).
+MAX_UPLOAD_PIXELS = 4096 * 4096
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _PROMPT_FIELD = re.compile(r"text_prompts\[(\d+)\]\[(text|weight)\]")
 
@@ -238,8 +244,10 @@ class CheckedForm:
 def parse_number(name: str, raw: str, rule: Rule) -> int | float:
     """A form value the API defines as a number; "7", "7.0" and "7e0" are all 7 later."""
     text = raw.strip()
-    if not _NUMBER.fullmatch(text):
-        raise BadRequest(f"{name}: expected a number, got {raw!r}", name=rule.error)
+    # Length first: int() refuses over 4300 digits with a ValueError, and no API number
+    # needs more than a few dozen characters.
+    if len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
+        raise BadRequest(f"{name}: expected a number, got {raw[:40]!r}", name=rule.error)
     value = float(text) if any(c in text for c in ".eE") else int(text)
     if not math.isfinite(value):
         raise BadRequest(f"{name}: expected a finite number, got {raw!r}", name=rule.error)
@@ -272,6 +280,14 @@ def form_text_prompts(fields: Mapping[str, str]) -> dict[str, Any]:
                 name="invalid_prompts",
             )
         index, part = int(match.group(1)), match.group(2)
+        # One spelling per prompt field: "text_prompts[00][text]" beside "[0][text]" would
+        # otherwise overwrite it here while both went upstream (two requests, one key).
+        if match.group(1) != str(index) or part in found.get(index, {}):
+            raise BadRequest(
+                f"{name}: each text_prompts[<index>][<part>] must be written once, with the "
+                "index in plain decimal",
+                name="invalid_prompts",
+            )
         value = raw if part == "text" else parse_number(name, raw, weight_rule)
         found.setdefault(index, {})[part] = value
     if not found:
@@ -296,22 +312,24 @@ def check_upload(name: str, data: bytes, rule: FileRule) -> tuple[int, int]:
         raise PayloadTooLarge(f"{name}: the file is {len(data)} bytes, over {rule.max_bytes}")
     if not data:
         raise BadRequest(f"{name}: the uploaded file is empty")
+    max_pixels = rule.max_pixels or MAX_UPLOAD_PIXELS
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format = image.format
-            image.load()
             width, height = image.size
+            # Sizes come from the header: check them before decoding, so that a small,
+            # very compressible file cannot make us allocate gigabytes of pixels.
+            if width * height <= max_pixels:
+                image.load()
     except Exception as exc:  # Pillow raises many types for bad data
         raise BadRequest(f"{name}: not a decodable image ({exc})") from None
+    if width * height > max_pixels:
+        raise BadRequest(f"{name}: {width}x{height} has {width * height} pixels, over {max_pixels}")
     if image_format not in rule.formats:
         raise BadRequest(f"{name}: a {image_format} image; expected {', '.join(rule.formats)}")
     if min(width, height) < rule.min_side:
         raise BadRequest(
             f"{name}: {width}x{height} is too small; each side must be >= {rule.min_side}"
-        )
-    if rule.max_pixels is not None and width * height > rule.max_pixels:
-        raise BadRequest(
-            f"{name}: {width}x{height} has {width * height} pixels, over {rule.max_pixels}"
         )
     if rule.sizes is not None and (width, height) not in rule.sizes:
         allowed = ", ".join(f"{w}x{h}" for w, h in rule.sizes)

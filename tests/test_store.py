@@ -38,7 +38,9 @@ def test_tampered_blob_is_a_miss_and_removed(tmp_path: Path) -> None:
 def test_missing_blob_is_a_miss(tmp_path: Path) -> None:
     store = DiskStore(tmp_path)
     store.put(entry())
-    store.entries.delete(("blob", "k1", 0))
+    blobs = [k for k in store.entries.iterkeys() if k[0] == "blob"]
+    assert len(blobs) == 1
+    store.entries.delete(blobs[0])
     assert store.get("k1") is None
 
 
@@ -91,3 +93,30 @@ def test_memory_tier_serves_current_entries_only(tmp_path: Path) -> None:
     assert store.get("k1").artifacts[0].data == b"newer"
     other.delete("k1")
     assert store.held("k1") == (None, False) and store.get("k1") is None
+
+
+def test_a_reader_never_loses_an_entry_being_replaced(tmp_path: Path) -> None:
+    """A get() racing a put() of the same key (a refresh in another worker) must read one
+    version or the other, never delete the fresh entry as if it were damaged."""
+    import os
+    import threading
+
+    store = DiskStore(tmp_path)
+    store.put(entry(data=os.urandom(40_000)))
+    stop = threading.Event()
+    read = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            read.append(store.get("k1") is not None)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    lost = 0
+    for _ in range(100):
+        store.put(entry(data=os.urandom(40_000)))
+        lost += store.get_meta("k1") is None
+    stop.set()
+    thread.join()
+    assert lost == 0 and read and all(read)
+    assert len([k for k in store.entries.iterkeys() if k[0] == "blob"]) == 1  # old versions gone

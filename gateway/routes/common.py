@@ -18,12 +18,21 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not body:
         raise BadRequest("the request body is empty; expected a JSON object")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(body, parse_constant=_refuse_constant)
+        # Lone surrogates ("\ud800") parse but cannot be encoded: refuse them here rather
+        # than fail later while hashing the key.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError) as exc:  # JSONDecodeError, >4300-digit ints, NaN
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON, and slip through every range check (NaN < 0 and
+    NaN > 35 are both false): refuse them as the real API's JSON parser would."""
+    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def wants_image(request: Request, *, image_types: tuple[str, ...]) -> bool:
