@@ -40,6 +40,11 @@ log = logging.getLogger("gateway")
 STATS_FLUSH_SECONDS = 1.0
 
 
+def is_v2(path: str) -> bool:
+    """v2beta paths answer errors in v2beta's shape, `{"id","name","errors"}`."""
+    return path.startswith("/v2beta/")
+
+
 class BodySizeLimit:
     """Pure ASGI middleware: refuse bodies over `max_bytes` before they are buffered."""
 
@@ -54,7 +59,7 @@ class BodySizeLimit:
         too_large = PayloadTooLarge(f"the request body is larger than {self.max_bytes} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await too_large.response()(scope, receive, send)
+                await too_large.response(v2=is_v2(scope["path"]))(scope, receive, send)
                 return
         seen = 0
 
@@ -118,13 +123,14 @@ def create_app(
         return JSONResponse({"status": "ok", "mode": settings.mode})
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        v2 = is_v2(request.url.path)
         if isinstance(exc, HTTPException) and exc.status_code == 405:
             return GatewayError(
                 f"{request.method} is not allowed on {request.url.path}",
                 name="method_not_allowed",
                 status=405,
-            ).response()
-        return NotFound(f"no such route: {request.method} {request.url.path}").response()
+            ).response(v2=v2)
+        return NotFound(f"no such route: {request.method} {request.url.path}").response(v2=v2)
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

@@ -42,6 +42,7 @@ class Generation:
     expected_size: tuple[int, int] | None  # (width, height) the images must have
     expected_formats: tuple[str, ...] = ("PNG",)  # Pillow format names accepted
     random_seed: bool = False  # seed 0/absent: each upstream call gives a new image
+    samples: int = 1  # images the answer must hold: fewer is a partial answer, never cached
     summary: dict[str, Any] = field(default_factory=dict)  # shown by cache inspection
     v2: bool = False  # error bodies in v2beta's shape
 

@@ -110,7 +110,9 @@ class Pipeline:
                 request, generation, spec, decision, entry, controls.allow_cached, headers
             )
         except GatewayError as exc:
-            return exc.response(v2=spec.v2, headers=headers)
+            # Errors say how the cache took part too: no entry was served or written.
+            status = "BYPASS" if controls.no_store else "MISS"
+            return exc.response(v2=spec.v2, headers={**headers, "X-Cache": status})
 
     async def _lookup(self, key: str) -> Entry | None:
         """Memory tier first (no thread hop for a hot entry), then the disk in a thread."""
@@ -175,7 +177,8 @@ class Pipeline:
                 stale = self._stale(generation, spec, fallback, headers, why)
                 if stale is not None:
                     return stale
-            return passthrough(fetched.response, headers)
+            status = "BYPASS" if not decision.store else "MISS"
+            return passthrough(fetched.response, {**headers, "X-Cache": status})
         assert fetched.artifacts is not None
         status = "BYPASS" if not decision.store else ("HIT" if fetched.shared else "MISS")
         return spec.render(fetched.artifacts, generation, {**headers, "X-Cache": status})
@@ -323,6 +326,10 @@ class Pipeline:
     ) -> list[Artifact]:
         try:
             artifacts = spec.decode(response, generation)
+            if len(artifacts) != generation.samples:
+                raise UpstreamError(
+                    f"upstream sent {len(artifacts)} images, {generation.samples} were asked for"
+                )
             for artifact in artifacts:
                 check_image(
                     artifact.data,
@@ -343,9 +350,10 @@ class Pipeline:
 
     def _log_refusal(self, response: httpx.Response, generation: Generation) -> None:
         try:
-            name = response.json().get("name", "")
+            body = response.json()
         except ValueError:
-            name = ""
+            body = None
+        name = body.get("name", "") if isinstance(body, dict) else ""
         if name in CONTENT_POLICY_ERRORS:
             log.warning(
                 "content policy refusal (%s, %d) for prompts %r",
@@ -387,7 +395,8 @@ async def _disconnected(request: Request) -> None:
 
 
 def passthrough(response: httpx.Response, headers: dict[str, str]) -> Response:
-    """The upstream's error answer, status and body as sent, plus our cache headers."""
+    """The upstream's error answer, status and body as sent, plus our cache headers
+    (`headers` carries X-Cache and X-Cache-Key)."""
     keep = {
         k: v
         for k, v in response.headers.items()
@@ -396,5 +405,5 @@ def passthrough(response: httpx.Response, headers: dict[str, str]) -> Response:
     return Response(
         response.content,
         status_code=response.status_code,
-        headers={**keep, **headers, "X-Cache": "MISS"},
+        headers={**keep, **headers},
     )

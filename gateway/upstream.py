@@ -13,6 +13,7 @@ again. What is not: every other status (400 invalid_prompts, 401, 403 content_mo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ from tenacity import (
 )
 
 from gateway.config import Settings
-from gateway.errors import GatewayTimeout, UpstreamUnavailable
+from gateway.errors import GatewayTimeout, UpstreamError, UpstreamUnavailable
 from gateway.generation import UpstreamRequest
 from gateway.ratelimit import RateLimiter
 
@@ -170,6 +171,22 @@ class UpstreamClient:
         """Returns the final upstream response (2xx, a non-retryable error, or the last
         retryable one); raises UpstreamUnavailable/GatewayTimeout when no answer came.
         `on_send` is called just before each attempt goes out (after the limiter)."""
+        deadline = self.settings.timeouts.deadline_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._send(request, caller_headers, on_send)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"the upstream did not answer within the {deadline:g} s deadline",
+                name="upstream_timeout",
+            ) from None
+
+    async def _send(
+        self,
+        request: UpstreamRequest,
+        caller_headers: Mapping[str, str],
+        on_send: Callable[[], None],
+    ) -> httpx.Response:
         headers = self.headers_for(caller_headers, request.accept)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.retry.attempts),
@@ -196,6 +213,8 @@ class UpstreamClient:
                 exc.response.status_code, self.settings.retry.attempts,
             )  # fmt: skip
             return exc.response
+        except httpx.DecodingError as exc:
+            raise UpstreamError(f"upstream sent a body that could not be decoded ({exc})") from exc
         except httpx.TimeoutException as exc:
             raise GatewayTimeout(
                 f"the upstream did not answer in time after {self.settings.retry.attempts} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,18 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from gateway.errors import BadRequest
+
+_ENGINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def engine_id(request: Request) -> str:
+    """The `{engine_id}` path segment, refused unless it looks like one: it is put back
+    into the upstream path, and an id like `x?y=1#` or `..` would change which URL the
+    gateway's own key is sent to."""
+    engine = request.path_params["engine_id"]
+    if not _ENGINE_ID.fullmatch(engine):
+        raise BadRequest(f"{engine[:40]!r} is not a valid engine id", name="invalid_engine_id")
+    return str(engine)
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from cache.store import Artifact
 from gateway.errors import BadRequest
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
-from gateway.routes.common import read_multipart, wants_image
+from gateway.routes.common import engine_id, read_multipart, wants_image
 from gateway.routes.text_to_image import TextToImage
 from gateway.validation import CheckedForm, check_form, check_upscale_target, v1_table
 
@@ -59,7 +59,7 @@ class ImageToImage:
         self.route = f"v1/{self.suffix}"
 
     async def parse(self, request: Request) -> Generation:
-        engine = request.path_params["engine_id"]
+        engine = engine_id(request)
         form = await read_multipart(request)
         table = v1_table(self.kind, engine)
         checked = await anyio.to_thread.run_sync(check_form, form.fields, form.file_bytes(), table)
@@ -86,6 +86,7 @@ class ImageToImage:
             # An upscaler's exact rounding of the kept aspect is its own: not checked.
             expected_size=None if self.kind == "upscale" else (width, height),
             random_seed="seed" in table.fields and not params.get("seed"),
+            samples=samples,
             summary={
                 "route": self.route,
                 "engine": engine,

@@ -17,7 +17,7 @@ from cache.store import Artifact
 from gateway.errors import BadRequest, UpstreamError
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
-from gateway.routes.common import read_json_object, wants_image
+from gateway.routes.common import engine_id, read_json_object, wants_image
 from gateway.validation import (
     SDXL_V1_ENGINES,
     TEXT_TO_IMAGE_RULES,
@@ -51,7 +51,7 @@ class TextToImage:
         self.defaults = defaults
 
     async def parse(self, request: Request) -> Generation:
-        engine = request.path_params["engine_id"]
+        engine = engine_id(request)
         body = await read_json_object(request)
         check_text_prompts(body.get("text_prompts"))
         params = fill_defaults(body, engine, self.defaults)
@@ -76,6 +76,7 @@ class TextToImage:
             want=want,
             expected_size=(width, height),
             random_seed=not params.get("seed"),
+            samples=int(params["samples"]),
             summary={
                 "route": ROUTE,
                 "engine": engine,
