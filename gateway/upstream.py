@@ -36,6 +36,7 @@ from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger("gateway.upstream")
 
+RETRY_AFTER_FLOOR_SECONDS = 60.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Caller headers worth forwarding: they identify the client to Stability, change nothing
 # about the image, and carry no secret.
@@ -116,9 +117,12 @@ class UpstreamClient:
 
     @property
     def retry_after_ceiling(self) -> float:
-        """The longest Retry-After honoured: the configured cool-down or backoff cap."""
+        """The longest Retry-After honoured: a minute (Stability's own time-out), or the
+        configured cool-down or backoff cap when longer."""
         return max(
-            self.settings.rate_limit.cooldown_seconds, self.settings.retry.backoff_max_seconds
+            RETRY_AFTER_FLOOR_SECONDS,
+            self.settings.rate_limit.cooldown_seconds,
+            self.settings.retry.backoff_max_seconds,
         )
 
     def _pause_after_429(self, response: httpx.Response) -> float:

@@ -171,8 +171,7 @@ async def test_retry_after_cannot_freeze_the_gateway(settings: Settings, retry_a
         await c.post(V1, json={"text_prompts": [{"text": "slow"}]})
     until = float(app.state.store.state.get(("ratelimit", "cooldown_until"), 0.0))
     app.state.store.close()
-    ceiling = max(settings.rate_limit.cooldown_seconds, settings.retry.backoff_max_seconds)
-    assert until - time.time() <= ceiling
+    assert until - time.time() <= 60  # at most a minute, Stability's own time-out
 
 
 @pytest.mark.anyio

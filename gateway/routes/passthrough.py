@@ -101,7 +101,8 @@ class AccountPassThrough:
         authorization = self.upstream.headers_for(caller, "application/json").get(
             "authorization", ""
         )
-        return hashlib.sha256(authorization.encode()).hexdigest()
+        raw = authorization if isinstance(authorization, bytes) else authorization.encode()
+        return hashlib.sha256(raw).hexdigest()
 
     async def engines(self, request: Request) -> Response:
         if self.upstream is None:
