@@ -55,6 +55,18 @@ async def client(settings: Settings, upstream: Upstream) -> AsyncIterator[httpx.
     app.state.store.close()
 
 
+async def ask(
+    settings: Settings, upstream: Upstream, method: str, path: str, **kwargs: object
+) -> httpx.Response:
+    """One request to a fresh app (own cache folder) in front of `upstream`."""
+    app = create_app(settings, transport=httpx.MockTransport(upstream))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+            return await c.request(method, path, **kwargs)  # type: ignore[arg-type]
+    finally:
+        app.state.store.close()
+
+
 def stability_error(response: httpx.Response, status: int, *, v2: bool = False) -> str:
     assert response.status_code == status, response.text
     body = response.json()
@@ -120,12 +132,9 @@ async def test_fewer_images_than_asked_for_is_502_and_not_cached(settings: Setti
         return httpx.Response(200, json={"artifacts": [artifact]})
 
     upstream = Upstream(one_image)
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
     payload = {"text_prompts": [{"text": "two please"}], "samples": 2}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
-        first = await c.post(V1, json=payload)
-        second = await c.post(V1, json=payload)
-    app.state.store.close()
+    first = await ask(settings, upstream, "POST", V1, json=payload)
+    second = await ask(settings, upstream, "POST", V1, json=payload)  # same cache folder
     assert stability_error(first, 502) == "bad_upstream_response"
     assert first.headers["x-cache"] == "MISS"
     assert second.status_code == 502 and len(upstream.calls) == 2  # nothing was cached
@@ -137,10 +146,7 @@ async def test_odd_upstream_error_bodies_are_passed_through(
     settings: Settings, body: bytes
 ) -> None:
     upstream = Upstream(lambda r: httpx.Response(400, content=body))
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
-        response = await c.post(V1, json={"text_prompts": [{"text": "odd"}]})
-    app.state.store.close()
+    response = await ask(settings, upstream, "POST", V1, json={"text_prompts": [{"text": "odd"}]})
     assert response.status_code == 400 and response.content == body
     assert response.headers["x-cache"] == "MISS"
 
@@ -150,10 +156,7 @@ async def test_a_corrupt_compressed_body_is_a_502(settings: Settings) -> None:
     upstream = Upstream(
         lambda r: httpx.Response(200, content=b"not gzip", headers={"content-encoding": "gzip"})
     )
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
-        response = await c.post(V1, json={"text_prompts": [{"text": "gz"}]})
-    app.state.store.close()
+    response = await ask(settings, upstream, "POST", V1, json={"text_prompts": [{"text": "gz"}]})
     assert stability_error(response, 502) == "bad_upstream_response"
 
 
