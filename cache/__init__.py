@@ -1,6 +1,15 @@
-"""Cache layer: canonical request keys and the disk store. Knows nothing about HTTP."""
+"""Cache layer: canonical request keys, the model of an entry, the storage and
+coordination interfaces and their backends. Knows nothing about HTTP."""
 
 from cache.keys import KEY_VERSION, canonical_json, make_key
-from cache.store import Artifact, DiskStore, Entry
+from cache.model import Artifact, ArtifactInfo, Entry, EntryMeta
 
-__all__ = ["KEY_VERSION", "Artifact", "DiskStore", "Entry", "canonical_json", "make_key"]
+__all__ = [
+    "KEY_VERSION",
+    "Artifact",
+    "ArtifactInfo",
+    "Entry",
+    "EntryMeta",
+    "canonical_json",
+    "make_key",
+]

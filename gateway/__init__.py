@@ -1,6 +1,7 @@
-"""stability-gateway: a caching, rate-limited drop-in gateway for Stability AI's REST API."""
+"""stability-gateway: a caching, rate-limited drop-in gateway for Stability AI's REST API.
 
-from gateway.app import create_app
-from gateway.config import Settings, load_settings
+Light on purpose: importing `gateway` (for the CLI's cache commands, or the client library
+in gateway.client) does not import the web stack. The app factory is `gateway.app.create_app`.
+"""
 
-__all__ = ["Settings", "create_app", "load_settings"]
+__all__: list[str] = []

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from gateway.backends import BackendError
 from gateway.config import ConfigError, load_settings
 
 
@@ -48,6 +49,12 @@ def serve(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["STABILITY_GATEWAY_CONFIG"] = os.path.abspath(args.config)
     settings = load_settings()  # fail fast, in the parent, on a bad file
+    host = args.host or settings.gateway.host
+    # The workers read their settings from the environment: tell them where they listen
+    # (the inspection API closes itself beyond loopback without an admin token) and how
+    # many they are (each paces itself at its share of the limit on a full disk).
+    os.environ["STABILITY_GATEWAY_HOST"] = host
+    os.environ["STABILITY_GATEWAY_WORKERS"] = str(args.workers)
     if args.workers > 1 and settings.rate_limit.backend == "memory":
         raise ConfigError(
             "rate_limit.backend 'memory' is per process: with --workers "
@@ -56,12 +63,13 @@ def serve(args: argparse.Namespace) -> int:
     config = NoDelayConfig(
         "gateway.app:app_from_environment",
         factory=True,
-        host=args.host or settings.gateway.host,
+        host=host,
         port=args.port or settings.gateway.port,
         workers=args.workers,
         log_level=settings.gateway.log_level,
         proxy_headers=False,
         server_header=False,
+        access_log=False,  # the gateway writes its own access line (gateway.http.access)
     )
     server = uvicorn.Server(config)
     if config.workers > 1:  # what uvicorn.run does for workers, with our Config
@@ -79,62 +87,61 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def cache_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_cache_command(args))
+
+
+async def _cache_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cache.store import DiskStore
-    from gateway.inspect_api import public_meta
+    from cache.interfaces import EntryQuery
+    from gateway.backends import open_backends
+    from gateway.stats import KeyNotFound, cache_stats, find_key
 
     settings = load_settings(args.config)
-    store = DiskStore(settings.cache.dir, size_limit=settings.cache.size_limit_bytes)
+    backends = open_backends(settings)
+    entries = backends.entries
     console = Console()
     try:
         if args.action == "stats":
-            print(json.dumps({"dir": settings.cache.dir, **store.stats()}, indent=2))
+            stats = await cache_stats(entries, await backends.coordinator.counts())
+            print(json.dumps({"dir": settings.cache.dir, **stats}, indent=2))
         elif args.action == "ls":
-            total, page = store.list_meta(args.limit, args.offset)
-            table = Table(title=f"{total} entries in {settings.cache.dir}")
+            page = await entries.list(EntryQuery(limit=args.limit, offset=args.offset))
+            table = Table(title=f"{page.total} entries in {settings.cache.dir}")
             for column in ("key", "engine", "size", "bytes", "hits", "created", "prompt"):
                 table.add_column(column)
-            for meta in page:
-                prompts = meta.get("prompts") or [{"text": meta.get("prompt", "")}]
+            for meta in page.entries:
+                summary = meta.summary
+                prompts = summary.get("prompts") or [{"text": summary.get("prompt", "")}]
                 table.add_row(
-                    meta["key"][:16],
-                    str(meta.get("engine", "")),
-                    f"{meta.get('width')}x{meta.get('height')}",
-                    str(meta.get("bytes", 0)),
-                    str(meta.get("hits", 0)),
-                    _when(meta.get("created_at")),
+                    meta.key[:16],
+                    meta.engine,
+                    f"{summary.get('width')}x{summary.get('height')}",
+                    str(meta.bytes),
+                    str(meta.hits),
+                    _when(meta.created_at),
                     str(prompts[0].get("text", ""))[:60],
                 )
             console.print(table)
         elif args.action == "show":
-            meta = store.get_meta(_resolve(store, args.key))
-            print(json.dumps(public_meta(meta), indent=2, ensure_ascii=False))  # type: ignore[arg-type]
+            meta = await entries.get_meta(await find_key(entries, args.key))
+            if meta is None:
+                raise KeyNotFound(f"no entry {args.key!r}")
+            print(json.dumps(meta.public(), indent=2, ensure_ascii=False))
         elif args.action == "rm":
-            store.delete(_resolve(store, args.key))
+            await entries.delete(await find_key(entries, args.key))
             print(f"deleted {args.key}")
         elif args.action == "purge":
-            print(f"purged {store.purge()} entries")
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
+            print(f"purged {await entries.purge()} entries")
+    except KeyNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        store.close()
+        await backends.aclose()
     return 0
-
-
-def _resolve(store: object, prefix: str) -> str:
-    """A full key, or a unique prefix of one (as `ls` prints them)."""
-    from cache.store import DiskStore
-
-    assert isinstance(store, DiskStore)
-    if store.get_meta(prefix) is not None:
-        return prefix
-    matches = [m["key"] for m in store.iter_meta() if m["key"].startswith(prefix)]
-    if len(matches) != 1:
-        raise KeyError(f"{len(matches)} entries match {prefix!r}")
-    return matches[0]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -167,4 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2

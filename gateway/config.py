@@ -31,6 +31,7 @@ class GatewaySettings:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,15 @@ class RetrySettings:
     backoff_initial_seconds: float = 1
     backoff_max_seconds: float = 30
     jitter_seconds: float = 1
+    retry_read_timeouts: bool = False
 
 
 @dataclass(frozen=True)
 class TimeoutSettings:
     connect_seconds: float = 10
-    read_seconds: float = 120
-    deadline_seconds: float = 300
+    read_seconds: float = 60
+    deadline_seconds: float = 120
+    lease_seconds: float = 5
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_ALLOW_CACHED": ("cache", "allow_cached_default", bool),
     "STABILITY_GATEWAY_MEMORY_TIER_BYTES": ("cache", "memory_tier_bytes", int),
     "STABILITY_GATEWAY_LOG_LEVEL": ("gateway", "log_level", str),
+    "STABILITY_GATEWAY_HOST": ("gateway", "host", str),
+    "STABILITY_GATEWAY_PORT": ("gateway", "port", int),
+    "STABILITY_GATEWAY_WORKERS": ("gateway", "workers", int),
+    "STABILITY_GATEWAY_RETRY_READ_TIMEOUTS": ("retry", "retry_read_timeouts", bool),
+    "STABILITY_GATEWAY_LEASE_SECONDS": ("timeouts", "lease_seconds", float),
 }
 
 _SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin")
@@ -218,6 +226,10 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("[rate_limit] limit must be >= 1 and period_seconds > 0")
     if settings.retry.attempts < 1:
         raise ConfigError("[retry] attempts must be >= 1")
+    if settings.gateway.workers < 1:
+        raise ConfigError("[gateway] workers must be >= 1")
+    if settings.timeouts.lease_seconds <= 0:
+        raise ConfigError("[timeouts] lease_seconds must be > 0")
     return settings
 
 

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
+from gateway.http.access import note_error
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -42,17 +44,23 @@ class GatewayError(Exception):
             self.status = status
         self.headers = dict(headers or {})
 
-    def body(self, *, v2: bool = False) -> dict[str, object]:
+    def body(self, ident: str, *, v2: bool = False) -> dict[str, object]:
         """v1 shape `{"id","name","message"}`; v2beta shape `{"id","name","errors"}`."""
         if v2:
-            return {"id": uuid.uuid4().hex, "name": self.name, "errors": [self.message]}
-        return {"id": uuid.uuid4().hex, "name": self.name, "message": self.message}
+            return {"id": ident, "name": self.name, "errors": [self.message]}
+        return {"id": ident, "name": self.name, "message": self.message}
 
     def response(
         self, *, v2: bool = False, headers: Mapping[str, str] | None = None
     ) -> JSONResponse:
+        """The error as Stability would answer it. Its id (32 hex, like Stability's own) is
+        written to the access log too, so an error a caller reports can be found there."""
+        ident = uuid.uuid4().hex
+        note_error(self.name, ident, self.message if self.status < 500 else "")
         return JSONResponse(
-            self.body(v2=v2), status_code=self.status, headers={**self.headers, **(headers or {})}
+            self.body(ident, v2=v2),
+            status_code=self.status,
+            headers={**self.headers, **(headers or {})},
         )
 
 

@@ -8,6 +8,7 @@ pipeline's, once, for every route.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,7 +16,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cache.store import Artifact
+from cache.model import Artifact
 
 
 @dataclass
@@ -47,19 +48,21 @@ class Generation:
     v2: bool = False  # error bodies in v2beta's shape
 
 
-class RouteSpec(Protocol):
+class Decoder(Protocol):
+    def decode(self, response: httpx.Response, generation: Generation) -> list[Artifact]:
+        """Turn a 200 upstream answer into artifacts; raise UpstreamError when unusable."""
+        ...
+
+
+class RouteSpec(Decoder, Protocol):
     """The route-specific half of a generation endpoint."""
 
     v2: bool
 
     async def parse(self, request: Request) -> Generation: ...
 
-    def decode(self, response: httpx.Response, generation: Generation) -> list[Artifact]:
-        """Turn a 200 upstream answer into artifacts; raise UpstreamError when unusable."""
-        ...
-
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response: ...
 
     def placeholder(self, generation: Generation) -> list[Artifact]: ...

@@ -45,3 +45,14 @@ def check_image(
             f"expected {expected_size[0]}x{expected_size[1]}"
         )
     return size
+
+
+def check_decodes(data: bytes) -> None:
+    """Decode every pixel (Pillow `load()`): a PNG whose chunk CRCs are right can still
+    carry pixel data that does not inflate. Run before an image is stored, off the
+    answer's path; `check_image`'s CRC walk is the fast check on it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise UpstreamError(f"upstream sent an image that does not decode ({exc})") from exc

@@ -1,47 +1,86 @@
 """Cache inspection over HTTP: what the cache holds, what it saved, each image.
 
-When an admin token is configured every endpoint here requires `Authorization: Bearer
-<token>`; without one they are open (the default for a developer's own machine).
+With an admin token configured every endpoint here requires `Authorization: Bearer
+<token>`. Without one they are open only while the gateway listens on loopback (a
+developer's own machine); bound to anything else (the Docker image listens on all
+interfaces), they answer 401 and say to set STABILITY_GATEWAY_ADMIN_TOKEN. Entries may be
+named by their full key or by any unique prefix of 8 or more hex characters.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cache.store import DiskStore
-from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized
+from cache.interfaces import EntryQuery, StoreError
+from cache.memory import TieredEntryStore
+from gateway.counters import Counters
+from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized, UpstreamUnavailable
+from gateway.stats import KeyNotFound, cache_stats, find_key
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """The metadata shown to people: everything stored except internal fields."""
-    return {k: v for k, v in meta.items() if not k.startswith("_")}
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def resolve_key(entries: TieredEntryStore, given: str) -> str:
+    try:
+        return await find_key(entries, given)
+    except KeyNotFound as exc:
+        raise NotFound(str(exc)) from None
 
 
 class InspectionAPI:
-    def __init__(self, store: DiskStore, admin_token: str) -> None:
-        self.store = store
+    def __init__(
+        self,
+        entries: TieredEntryStore,
+        counters: Counters,
+        admin_token: str,
+        *,
+        exposed: bool = False,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.entries = entries
+        self.counters = counters
+        # Images this process answered and is still storing are waited for first, so that
+        # what a caller was just given shows up here.
+        self.settle = settle
         self.admin_token = admin_token
+        self.exposed = exposed  # listening beyond loopback
 
     def routes(self) -> list[Route]:
         return [
             Route("/cache/stats", self.guard(self.stats), methods=["GET"]),
-            Route("/cache/entries", self.guard(self.entries), methods=["GET"]),
+            Route("/cache/entries", self.guard(self.list_entries), methods=["GET"]),
             Route("/cache/entries/{key}", self.guard(self.entry), methods=["GET"]),
             Route("/cache/entries/{key}", self.guard(self.delete), methods=["DELETE"]),
             Route("/cache/entries/{key}/image", self.guard(self.image), methods=["GET"]),
         ]
 
-    def guard(self, endpoint):  # type: ignore[no-untyped-def]
+    def guard(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             try:
                 self.authorize(request)
+                if self.settle is not None:
+                    await self.settle()
                 return await endpoint(request)
+            except StoreError as exc:
+                return UpstreamUnavailable(
+                    f"the cache at {exc.where} cannot be read: {exc}", name="cache_unavailable"
+                ).response()
             except GatewayError as exc:
                 return exc.response()
 
@@ -49,6 +88,12 @@ class InspectionAPI:
 
     def authorize(self, request: Request) -> None:
         if not self.admin_token:
+            if self.exposed:
+                raise Unauthorized(
+                    "the cache inspection endpoints are closed: this gateway listens beyond "
+                    "loopback without an admin token; set STABILITY_GATEWAY_ADMIN_TOKEN",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             return
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
@@ -61,33 +106,45 @@ class InspectionAPI:
             )
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse(await anyio.to_thread.run_sync(self.store.stats))
+        return JSONResponse(await cache_stats(self.entries, await self.counters.totals()))
 
-    async def entries(self, request: Request) -> Response:
+    async def list_entries(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 50, 1, 1000)
         offset = _int_param(request, "offset", 0, 0, None)
-        total, page = await anyio.to_thread.run_sync(self.store.list_meta, limit, offset)
+        await self.counters.flush()
+        query = EntryQuery(
+            limit=limit,
+            offset=offset,
+            engine=request.query_params.get("engine") or None,
+            route=request.query_params.get("route") or None,
+            prompt=request.query_params.get("q") or request.query_params.get("prompt") or None,
+            since=_float_param(request, "since"),
+            until=_float_param(request, "until"),
+        )
+        page = await self.entries.list(query)
         return JSONResponse(
             {
-                "total": total,
+                "total": page.total,
                 "limit": limit,
                 "offset": offset,
-                "entries": [public_meta(m) for m in page],
+                "entries": [m.public() for m in page.entries],
             }
         )
 
-    async def _meta(self, key: str) -> dict[str, Any]:
-        meta = await anyio.to_thread.run_sync(self.store.get_meta, key)
+    async def _meta(self, request: Request) -> dict[str, Any]:
+        key = await resolve_key(self.entries, request.path_params["key"])
+        await self.counters.flush()
+        meta = await self.entries.get_meta(key)
         if meta is None:
             raise NotFound(f"no cache entry with key {key!r}")
-        return meta
+        return meta.public()
 
     async def entry(self, request: Request) -> Response:
-        return JSONResponse(public_meta(await self._meta(request.path_params["key"])))
+        return JSONResponse(await self._meta(request))
 
     async def image(self, request: Request) -> Response:
-        key = request.path_params["key"]
-        entry = await anyio.to_thread.run_sync(self.store.get, key)
+        key = await resolve_key(self.entries, request.path_params["key"])
+        entry = await self.entries.get(key)
         if entry is None:
             raise NotFound(f"no cache entry with key {key!r}")
         index = _int_param(request, "index", 0, 0, len(entry.artifacts) - 1)
@@ -95,8 +152,8 @@ class InspectionAPI:
         return Response(artifact.data, media_type=artifact.media_type)
 
     async def delete(self, request: Request) -> Response:
-        key = request.path_params["key"]
-        if not await anyio.to_thread.run_sync(self.store.delete, key):
+        key = await resolve_key(self.entries, request.path_params["key"])
+        if not await self.entries.delete(key):
             raise NotFound(f"no cache entry with key {key!r}")
         return JSONResponse({"deleted": key})
 
@@ -108,8 +165,21 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int | 
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+        raise BadRequest(f"{name} must be an integer, got {raw[:40]!r}") from None
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise BadRequest(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _float_param(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a Unix time in seconds, got {raw[:40]!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadRequest(f"{name} must be a finite number")
     return value

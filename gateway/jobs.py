@@ -5,8 +5,10 @@ Some v2beta routes (creative upscale, for one) answer a POST with `{"id": ...}` 
 and 200 with the image once it is done. The gateway passes the id to the caller and writes
 down which cache key it belongs to; when a poll brings the finished image, the image is
 stored under that key, so the same request later is answered from the cache and starts no
-new job. The book lives in the store's `state` cache, so it survives restarts and is
-shared by worker processes; entries expire with Stability's own results (24 h).
+new job. The book lives in the coordinator (the cache folder, or Redis), so it survives
+restarts and is shared by worker processes; records expire with Stability's own results
+(24 h). A record names the SHA-256 of the credential that started the job, so that, when
+callers forward their own keys, a job's result goes only to the credential that asked.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import diskcache
 import httpx
 
+from cache.interfaces import Coordinator
 from gateway.generation import Generation, UpstreamRequest
 
 JOB_TTL_SECONDS = 24 * 3600
@@ -51,6 +53,7 @@ class Job:
     summary: dict[str, Any]
     expected_size: tuple[int, int] | None
     expected_formats: tuple[str, ...]
+    credential: str = ""  # SHA-256 of the Authorization that started it ("" with a gateway key)
 
     def generation(self, path: str, want: str) -> Generation:
         """A Generation for rendering and checking the result (nothing goes upstream)."""
@@ -68,13 +71,13 @@ class Job:
 
 
 class JobBook:
-    """job id -> Job, in a diskcache (blocking: call from a worker thread)."""
+    """job id -> Job, in the coordinator's records."""
 
-    def __init__(self, state: diskcache.Cache, ttl: float = JOB_TTL_SECONDS) -> None:
-        self.state = state
+    def __init__(self, coordinator: Coordinator, ttl: float = JOB_TTL_SECONDS) -> None:
+        self.coordinator = coordinator
         self.ttl = ttl
 
-    def remember(self, job: str, generation: Generation) -> None:
+    async def remember(self, job: str, generation: Generation, credential: str = "") -> None:
         record = {
             "key": generation.key,
             "route": generation.route,
@@ -82,12 +85,14 @@ class JobBook:
             "summary": generation.summary,
             "expected_size": list(generation.expected_size) if generation.expected_size else None,
             "expected_formats": list(generation.expected_formats),
+            "samples": generation.samples,
+            "credential": credential,
         }
-        self.state.set(("job", job), record, expire=self.ttl)
+        await self.coordinator.remember("job", job, record, self.ttl)
 
-    def get(self, job: str) -> Job | None:
-        record = self.state.get(("job", job))
-        if not isinstance(record, dict):
+    async def get(self, job: str) -> Job | None:
+        record = await self.coordinator.recall("job", job)
+        if record is None:
             return None
         size = record.get("expected_size")
         return Job(
@@ -97,4 +102,5 @@ class JobBook:
             summary=record["summary"],
             expected_size=(int(size[0]), int(size[1])) if size else None,
             expected_formats=tuple(record["expected_formats"]),
+            credential=str(record.get("credential", "")),
         )

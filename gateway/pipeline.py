@@ -1,409 +1,241 @@
-"""The one path every generation request takes: cache, policy, single-flight, upstream, store.
+"""The one path every generation request takes, top to bottom:
 
     parse (route) -> lookup -> decide (policy) -> serve | placeholder | 504 | fetch
-    fetch: single-flight -> cross-process lease -> limiter + retries (UpstreamClient)
-           -> decode (route) -> check images -> store -> render (route)
-    upstream failure + allow_cached + an entry -> the entry, X-Cache: STALE
+                                                   -> respond (one place: answer + X-Cache)
 
-Blocking disk work runs in worker threads; the event loop only awaits.
+Routes only parse, decode and render (gateway.generation.RouteSpec); the cache decision
+is a pure function (gateway.policy); everything that talks to the upstream is the fetch
+path's (gateway.fetch). `respond` turns every outcome into the caller's answer, and is the
+only code that decides an X-Cache value.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
 import anyio.to_thread
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cache.store import Artifact, DiskStore, Entry
+from cache.interfaces import CoordinationError, StoreError
+from cache.memory import TieredEntryStore
+from cache.model import Artifact, Entry
 from gateway.config import Settings
-from gateway.errors import GatewayError, GatewayTimeout, UpstreamError
+from gateway.counters import Counters
+from gateway.deadline import Deadline
+from gateway.errors import GatewayError, GatewayTimeout
+from gateway.fetch import Failed, Fetched, Fetcher, Outcome, Refused, Shared
 from gateway.generation import Generation, RouteSpec
-from gateway.images import check_image
-from gateway.jobs import JobBook, job_id
+from gateway.http import access
+from gateway.http.disconnect import ClientGone, unless_disconnected
+from gateway.http.forward import forward
 from gateway.policy import Action, Controls, Decision, decide
-from gateway.singleflight import DiskLease, Flight, SingleFlight
-from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway.pipeline")
 
-CONTENT_POLICY_ERRORS = ("invalid_prompts", "content_moderation")
-LEASE_POLL_SECONDS = 0.05
-
-
-@dataclass
-class Fetched:
-    """What one upstream call produced: images, or an upstream error to pass through."""
-
-    artifacts: list[Artifact] | None = None
-    response: httpx.Response | None = None
-    shared: bool = False  # produced by another worker process, read back from the cache
-
-    @property
-    def failed(self) -> bool:
-        """An upstream failure the allow_cached fallback may cover (not a 4xx refusal)."""
-        return self.response is not None and (
-            self.response.status_code >= 500 or self.response.status_code == 429
-        )
+STALE_WARNING = '111 - "Revalidation Failed"'
 
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, store: DiskStore, upstream: UpstreamClient | None
+        self,
+        settings: Settings,
+        entries: TieredEntryStore,
+        counters: Counters,
+        fetcher: Fetcher | None,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.upstream = upstream
-        self.flights = SingleFlight()
-        self.jobs = JobBook(store.state)
+        self.entries = entries
+        self.counters = counters
+        self.fetcher = fetcher  # None in offline and replay modes: no upstream
 
-    async def handle(self, request: Request, spec: RouteSpec) -> Response:
+    async def handle(self, request: Request, route: RouteSpec) -> Response:
         try:
-            generation = await spec.parse(request)
+            generation = await route.parse(request)
         except GatewayError as exc:
-            return exc.response(v2=spec.v2)
+            return exc.response(v2=route.v2)
         controls = Controls.from_headers(
             request.headers, allow_cached_default=self.settings.cache.allow_cached_default
         )
-        entry = None if controls.no_store else await self._lookup(generation.key)
-        decision = decide(
-            mode=self.settings.mode,
-            controls=controls,
-            meta=entry.meta if entry else None,
-            now=time.time(),
-            ttl=self.settings.cache.ttl_seconds,
-            refresh_random=self.settings.cache.random_seed_policy == "refresh",
-            random_seed=generation.random_seed,
-        )
-        # Hits at DEBUG: they are the bulk of the traffic and uvicorn's access log has them.
-        log.log(
-            logging.DEBUG if decision.action is Action.SERVE else logging.INFO,
-            "%s %s key=%s: %s", generation.route, generation.engine, generation.key[:16],
-            decision.reason,
-        )  # fmt: skip
+        record = access.current()
+        if record is not None:
+            record.key = generation.key
         headers = {"X-Cache-Key": generation.key}
         try:
-            if decision.action is Action.SERVE:
-                assert entry is not None
-                self.store.count_hit(generation.key, entry.nbytes)
-                return spec.render(entry.artifacts, generation, {**headers, "X-Cache": "HIT"})
-            self.store.count("misses")
-            if decision.action is Action.MISS:
-                raise GatewayTimeout(
-                    f"not in the cache, and this request may not ask the upstream "
-                    f"({decision.reason})",
-                    name="not_cached",
-                )
-            if decision.action is Action.PLACEHOLDER:
-                artifacts = await self._placeholder(generation, spec, decision)
-                return spec.render(artifacts, generation, {**headers, "X-Cache": "OFFLINE"})
-            return await self._fetch_and_render(
-                request, generation, spec, decision, entry, controls.allow_cached, headers
+            entry = None if controls.no_store else await self._lookup(generation.key)
+            decision = decide(
+                mode=self.settings.mode,
+                controls=controls,
+                meta=entry.meta if entry else None,
+                now=time.time(),
+                ttl=self.settings.cache.ttl_seconds,
+                refresh_random=self.settings.cache.random_seed_policy == "refresh",
+                random_seed=generation.random_seed,
             )
+            # Hits at DEBUG: they are the bulk of the traffic, and the access log has them.
+            log.log(
+                logging.DEBUG if decision.action is Action.SERVE else logging.INFO,
+                "%s %s key=%s: %s", generation.route, generation.engine, generation.key[:16],
+                decision.reason,
+            )  # fmt: skip
+            response = await self._act(request, generation, route, controls, decision, entry)
         except GatewayError as exc:
-            # Errors say how the cache took part too: no entry was served or written.
-            status = "BYPASS" if controls.no_store else "MISS"
-            return exc.response(v2=spec.v2, headers={**headers, "X-Cache": status})
+            response = self._error(exc, route, headers, "BYPASS" if controls.no_store else "MISS")
+        else:
+            response.headers.update(headers)
+        if record is not None:
+            record.cache = response.headers.get("x-cache", "")
+        return response
 
     async def _lookup(self, key: str) -> Entry | None:
-        """Memory tier first (no thread hop for a hot entry), then the disk in a thread."""
-        entry, on_disk = self.store.held(key)
-        if entry is None and on_disk:
-            entry = await anyio.to_thread.run_sync(self.store.get, key)
-        return entry
+        """The entry, from the memory tier when it is current. If the store cannot be read,
+        a memory copy still serves (better than failing a request the cache could answer)."""
+        try:
+            return await self.entries.get(key)
+        except (StoreError, CoordinationError) as exc:
+            log.error("%s: cache lookup failed (%s); answering without the cache", exc.where, exc)
+            return self.entries.tier.peek(key)
 
-    async def _placeholder(
-        self, generation: Generation, spec: RouteSpec, decision: Decision
-    ) -> list[Artifact]:
-        artifacts = await anyio.to_thread.run_sync(spec.placeholder, generation)
-        if decision.store:
-            entry = Entry(generation.key, artifacts, {**generation.summary, "source": "offline"})
-            await anyio.to_thread.run_sync(self.store.put, entry)
-        return artifacts
-
-    async def _fetch_and_render(
+    async def _act(
         self,
         request: Request,
         generation: Generation,
-        spec: RouteSpec,
+        route: RouteSpec,
+        controls: Controls,
         decision: Decision,
         entry: Entry | None,
-        allow_cached: bool,
-        headers: dict[str, str],
     ) -> Response:
-        caller = dict(request.headers)
-        fallback = entry if decision.stale and allow_cached else None
+        if decision.action is Action.SERVE:
+            assert entry is not None
+            if self.fetcher is not None and not self.settings.api_key:
+                refused = await self.fetcher.check_credential(
+                    request.headers, Deadline(self.settings.timeouts.deadline_seconds)
+                )
+                if refused is not None:
+                    return forward(refused, {"X-Cache": "MISS"})
+            newer = self.fetcher.being_stored(generation, request.headers) if self.fetcher else None
+            self.counters.hit(generation.key, entry.nbytes)
+            artifacts = newer.artifacts if newer is not None else entry.artifacts
+            return route.render(artifacts, generation, {"X-Cache": "HIT"})
+        if decision.action is Action.MISS:
+            self.counters.count("misses")
+            raise GatewayTimeout(
+                f"not in the cache, and this request may not ask the upstream ({decision.reason})",
+                name="not_cached",
+            )
+        if decision.action is Action.PLACEHOLDER:
+            self.counters.count("misses")
+            artifacts = await self._placeholder(generation, route, decision)
+            return route.render(artifacts, generation, {"X-Cache": "OFFLINE"})
+        if self.fetcher is None:  # replay and offline never decide to fetch
+            raise GatewayTimeout("this gateway has no upstream", name="not_cached")
         # One budget for everything from here: waiting for another worker's call, the
-        # limiter queue, retries. Started now, so a wait cannot buy a second full deadline.
-        deadline_at = time.monotonic() + self.settings.timeouts.deadline_seconds
-        seen = entry.meta.get("created_at") if entry is not None else None
-
-        async def work(flight: Flight) -> Fetched:
-            return await self._fetch(
-                generation, spec, caller, store=decision.store, seen=seen,
-                deadline_at=deadline_at, on_send=flight.commit,
-            )  # fmt: skip
-
-        async def shared() -> Fetched:
-            if not decision.store:  # nobody else may use this answer: nothing to share
-                return await work(Flight())
-            fetched, _led = await self.flights.run(self._flight_key(generation, caller), work)
-            return fetched
-
+        # limiter queue, retries.
+        deadline = Deadline(self.settings.timeouts.deadline_seconds)
+        fetching = self.fetcher.fetch(
+            generation,
+            route,
+            request.headers,
+            store=decision.store,
+            seen=entry.version if entry is not None else None,
+            deadline=deadline,
+            fresh=decision.fresh,
+        )
         try:
-            fetched = await unless_disconnected(request, shared())
+            outcome, role = await unless_disconnected(request, fetching)
         except ClientGone:
             log.info("caller went away while waiting for key=%s", generation.key[:16])
             return Response(status_code=499)
-        except GatewayError as exc:
-            if exc.status >= 500 or exc.status == 429:
-                stale = self._stale(generation, spec, fallback, headers, str(exc))
-                if stale is not None:
-                    return stale
-            raise
+        fallback = entry if decision.stale and controls.allow_cached else None
+        response = self.respond(outcome, generation, route, decision, fallback)
+        if role == "late" and isinstance(outcome, Fetched) and decision.store:
+            # It came after the image was answered, while it is being stored: for this
+            # request it was already there, a hit.
+            response.headers["X-Cache"] = "HIT"
+            self.counters.hit(generation.key, sum(len(a.data) for a in outcome.artifacts))
+        elif role == "led" and not isinstance(outcome, Shared):
+            self.counters.count("misses")
+        else:
+            self.counters.count("coalesced")
+        return response
 
-        if fetched.response is not None:
-            if fetched.failed:
-                why = f"upstream answered {fetched.response.status_code}"
-                stale = self._stale(generation, spec, fallback, headers, why)
-                if stale is not None:
-                    return stale
-            status = "BYPASS" if not decision.store else "MISS"
-            return passthrough(fetched.response, {**headers, "X-Cache": status})
-        assert fetched.artifacts is not None
-        status = "BYPASS" if not decision.store else ("HIT" if fetched.shared else "MISS")
-        return spec.render(fetched.artifacts, generation, {**headers, "X-Cache": status})
+    async def _placeholder(
+        self, generation: Generation, route: RouteSpec, decision: Decision
+    ) -> Sequence[Artifact]:
+        artifacts = await anyio.to_thread.run_sync(route.placeholder, generation)
+        if decision.store:
+            try:
+                await self.entries.put(
+                    generation.key, artifacts, generation.summary, source="offline"
+                )
+            except StoreError as exc:
+                log.error("cache folder %s: could not store a placeholder (%s)", exc.where, exc)
+        return artifacts
 
-    def _flight_key(self, generation: Generation, caller: dict[str, str]) -> str:
-        """Who may share one upstream call. With its own key the gateway calls upstream the
-        same way for everyone; without one it forwards each caller's Authorization, so only
-        callers with the same credential share a call (and its 401, if the credential is bad).
-        The credential enters as a hash, and only this in-memory key, never the cache key."""
-        if self.settings.api_key:
-            return generation.key
-        credential = caller.get("authorization", "").encode()
-        return f"{generation.key}:{hashlib.sha256(credential).hexdigest()}"
-
-    def _stale(
+    def respond(
         self,
+        outcome: Outcome,
         generation: Generation,
-        spec: RouteSpec,
-        entry: Entry | None,
-        headers: dict[str, str],
-        why: str,
-    ) -> Response | None:
-        if entry is None:
-            return None
+        route: RouteSpec,
+        decision: Decision,
+        fallback: Entry | None,
+    ) -> Response:
+        """The caller's answer for a fetch outcome, and its X-Cache value."""
+        cache = "MISS" if decision.store else "BYPASS"
+        record = access.current()
+        if record is not None and not isinstance(outcome, Shared):
+            record.attempts = outcome.attempts
+        match outcome:
+            case Shared(entry=entry):
+                return route.render(entry.artifacts, generation, {"X-Cache": "HIT"})
+            case Fetched(artifacts=artifacts, warning=warning):
+                if record is not None:
+                    record.upstream_status = 200
+                headers = {"X-Cache": cache}
+                if warning:
+                    headers["Warning"] = f'199 stability-gateway "{warning}"'
+                return route.render(artifacts, generation, headers)
+            case Refused(response=response):
+                if record is not None:
+                    record.upstream_status = response.status_code
+                    _note_upstream_error(response)
+                if outcome.failed and fallback is not None:
+                    why = f"upstream answered {response.status_code}"
+                    return self._stale(generation, route, fallback, why)
+                return forward(response, {"X-Cache": cache})
+            case Failed(error=error):
+                if (error.status >= 500 or error.status == 429) and fallback is not None:
+                    return self._stale(generation, route, fallback, str(error))
+                return self._error(error, route, {}, cache)
+        raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
+
+    def _error(
+        self, error: GatewayError, route: RouteSpec, headers: Mapping[str, str], cache: str
+    ) -> Response:
+        # Errors say how the cache took part too: no entry was served or written.
+        return error.response(v2=route.v2, headers={**headers, "X-Cache": cache})
+
+    def _stale(self, generation: Generation, route: RouteSpec, entry: Entry, why: str) -> Response:
         log.warning(
             "upstream failed (%s); serving the cached image for key=%s as a fallback (STALE)",
             why, generation.key[:16],
         )  # fmt: skip
-        self.store.count("stale_served")
-        return spec.render(
-            entry.artifacts,
-            generation,
-            {**headers, "X-Cache": "STALE", "Warning": '111 - "Revalidation Failed"'},
+        self.counters.count("stale_served")
+        return route.render(
+            entry.artifacts, generation, {"X-Cache": "STALE", "Warning": STALE_WARNING}
         )
 
-    async def _fetch(
-        self,
-        generation: Generation,
-        spec: RouteSpec,
-        caller: dict[str, str],
-        *,
-        store: bool,
-        seen: object = None,
-        deadline_at: float | None = None,
-        on_send: Callable[[], None] = lambda: None,
-    ) -> Fetched:
-        """One upstream call for the key, unless a concurrent identical request (in this
-        worker or another) has just stored its result: `seen` is the created_at of the entry
-        this request found at lookup (None: none), so any other entry is newer than that."""
-        if self.upstream is None:  # replay/offline never get here; defensive
-            raise GatewayTimeout("this gateway has no upstream", name="not_cached")
-        deadline = self.settings.timeouts.deadline_seconds
-        deadline_at = time.monotonic() + deadline if deadline_at is None else deadline_at
-        lease = DiskLease(self.store.state, generation.key, deadline)
-        holds = False
-        if store:
-            holds, shared = await anyio.to_thread.run_sync(self._claim, lease, generation, seen)
-            if not holds and shared is None:
-                await self._wait_for_lease(lease, deadline_at)
-                holds, shared = await anyio.to_thread.run_sync(self._claim, lease, generation, seen)
-            if shared is not None:
-                return Fetched(artifacts=shared.artifacts, shared=True)
-        store = holds  # without the lease (another caller took it), fetch but do not store
-        try:
-            try:
-                remaining = deadline_at - time.monotonic()
-                if remaining <= 0:  # spent waiting for another worker's call
-                    raise TimeoutError
-                async with asyncio.timeout(remaining):
-                    response = await self.upstream.send(
-                        generation.upstream, caller, on_send=on_send
-                    )
-            except TimeoutError:
-                raise GatewayTimeout(
-                    f"the upstream did not answer within the "
-                    f"{self.settings.timeouts.deadline_seconds:g} s deadline",
-                    name="upstream_timeout",
-                ) from None
-            job = job_id(response)
-            if job is not None:  # the image comes later, from GET /v2beta/results/{job}
-                if store:
-                    await anyio.to_thread.run_sync(self.jobs.remember, job, generation)
-                log.info("upstream started job %s for key=%s", job, generation.key[:16])
-                return Fetched(response=response)
-            if response.status_code != 200:
-                self._log_refusal(response, generation)
-                return Fetched(response=response)
-            owned, store = lease if store else None, False  # released by _decode_and_store
-            artifacts = await anyio.to_thread.run_sync(
-                self._decode_and_store, spec, response, generation, owned
-            )
-            return Fetched(artifacts=artifacts)
-        finally:
-            if store:
-                await anyio.to_thread.run_sync(lease.release)
 
-    def _claim(
-        self, lease: DiskLease, generation: Generation, seen: object
-    ) -> tuple[bool, Entry | None]:
-        """Take the key's lease and look for a result stored since this request's lookup,
-        in one thread hop: (holds the lease, entry stored meanwhile or None).
-
-        Looked for after taking the lease, not only before: the holder may have stored and
-        released between this request's lookup and its acquire. Compared by identity
-        (created_at), not by time: an entry whose put began just before the lookup but
-        committed just after it has an earlier created_at, yet is new to us.
-        """
-        holds = lease.acquire()
-        meta = self.store.get_meta(generation.key)
-        shared = None
-        if meta is not None and meta.get("source") != "offline" and meta["created_at"] != seen:
-            entry = self.store.get(generation.key)
-            if entry is not None and entry.meta.get("created_at") != seen:
-                shared = entry
-        if shared is not None and holds:
-            lease.release()
-        return holds and shared is None, shared
-
-    def _decode_and_store(
-        self,
-        spec: RouteSpec,
-        response: httpx.Response,
-        generation: Generation,
-        lease: DiskLease | None,
-    ) -> list[Artifact]:
-        """Decode and check the images, store them (all SUCCESS only), release the lease:
-        one thread hop for the blocking half of a miss. With `lease` None nothing is stored."""
-        try:
-            artifacts = self._decode(spec, response, generation)
-            if lease is not None and all(a.finish_reason == "SUCCESS" for a in artifacts):
-                meta = {**generation.summary, "source": "upstream"}
-                self.store.put(Entry(generation.key, artifacts, meta))
-            elif lease is not None:
-                log.warning(
-                    "not caching key=%s: finish reasons %s", generation.key[:16],
-                    [a.finish_reason for a in artifacts],
-                )  # fmt: skip
-            return artifacts
-        finally:
-            if lease is not None:
-                lease.release()
-
-    def _decode(
-        self, spec: RouteSpec, response: httpx.Response, generation: Generation
-    ) -> list[Artifact]:
-        try:
-            artifacts = spec.decode(response, generation)
-            if len(artifacts) != generation.samples:
-                raise UpstreamError(
-                    f"upstream sent {len(artifacts)} images, {generation.samples} were asked for"
-                )
-            for artifact in artifacts:
-                check_image(
-                    artifact.data,
-                    expected_size=generation.expected_size,
-                    formats=generation.expected_formats,
-                )
-        except UpstreamError as exc:
-            log.error("unusable upstream answer for key=%s: %s", generation.key[:16], exc)
-            raise
-        return artifacts
-
-    async def _wait_for_lease(self, lease: DiskLease, deadline_at: float) -> None:
-        """Another worker holds the key's lease: wait until it lets go, or the deadline."""
-        while await anyio.to_thread.run_sync(lease.held_elsewhere):
-            if time.monotonic() >= deadline_at:
-                return
-            await asyncio.sleep(LEASE_POLL_SECONDS)
-
-    def _log_refusal(self, response: httpx.Response, generation: Generation) -> None:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        name = body.get("name", "") if isinstance(body, dict) else ""
-        if name in CONTENT_POLICY_ERRORS:
-            log.warning(
-                "content policy refusal (%s, %d) for prompts %r",
-                name, response.status_code, generation.summary.get("prompts"),
-            )  # fmt: skip
-
-
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The caller closed its connection before its answer was ready."""
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, unless the caller disconnects first: then cancel it and raise ClientGone.
-
-    Starlette does not cancel a handler whose client has gone, so without this a request
-    abandoned in the rate-limit queue would still spend a credit when its turn came. The
-    request body has been read by now, so the next ASGI message can only be the disconnect.
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+def _note_upstream_error(response: httpx.Response) -> None:
+    """Stability's own error name and id, for the access line."""
+    if response.status_code < 400 or len(response.content) > 65536:
+        return
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise ClientGone
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def passthrough(response: httpx.Response, headers: dict[str, str]) -> Response:
-    """The upstream's error answer, status and body as sent, plus our cache headers
-    (`headers` carries X-Cache and X-Cache-Key)."""
-    keep = {
-        k: v
-        for k, v in response.headers.items()
-        if k.lower() in ("content-type", "retry-after", "x-request-id")
-    }
-    return Response(
-        response.content,
-        status_code=response.status_code,
-        headers={**keep, **headers},
-    )
+        body = response.json()
+    except ValueError:
+        return
+    if isinstance(body, dict):
+        access.note_error(str(body.get("name", "")), str(body.get("id", "")))

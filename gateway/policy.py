@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.datastructures import Headers
+
+from cache.model import EntryMeta
 
 
 class Action(enum.Enum):
@@ -53,13 +54,14 @@ class Decision:
     reason: str
     stale: bool = False  # the entry may still serve as a fallback if the upstream fails
     store: bool = True
+    fresh: bool = False  # only a new upstream answer will do: never another request's result
 
 
 def decide(
     *,
     mode: str,
     controls: Controls,
-    meta: dict[str, Any] | None,
+    meta: EntryMeta | None,
     now: float,
     ttl: float,
     refresh_random: bool,
@@ -80,18 +82,25 @@ def decide(
             return Decision(Action.PLACEHOLDER, "offline: miss")
         return Decision(Action.MISS, "replay: not cached")
 
-    real = meta is not None and meta.get("source") != "offline"
-    expired = real and ttl > 0 and now - float(meta["created_at"]) > ttl  # type: ignore[index]
+    real = meta is not None and meta.source != "offline"
+    expired = (
+        meta is not None
+        and real
+        and ((ttl > 0 and now - meta.created_at > ttl) or meta.expired(now))
+    )
     if controls.only_if_cached:
         if real:
             return Decision(Action.SERVE, "only-if-cached: hit")
         return Decision(Action.MISS, "only-if-cached: not cached")
     if not real:
-        return Decision(Action.FETCH, "miss")
+        # no-cache (or a random seed under "refresh") wants its own image even on a miss:
+        # not the result of an identical request that was answered a moment ago.
+        fresh = controls.no_cache or (refresh_random and random_seed)
+        return Decision(Action.FETCH, "miss", fresh=fresh)
     if controls.no_cache:
-        return Decision(Action.FETCH, "no-cache: refresh", stale=True)
+        return Decision(Action.FETCH, "no-cache: refresh", stale=True, fresh=True)
     if expired:
         return Decision(Action.FETCH, "expired", stale=True)
     if refresh_random and random_seed:
-        return Decision(Action.FETCH, "random seed: fresh image", stale=True)
+        return Decision(Action.FETCH, "random seed: fresh image", stale=True, fresh=True)
     return Decision(Action.SERVE, "hit")

@@ -1,80 +1,94 @@
-"""Identical requests in flight at once share one upstream call.
+"""Identical requests in flight at once, in one process, share one piece of work.
 
-Within a process: the first caller for a key (the leader) starts the work as a task of its
-own; everyone else for that key awaits the same task and gets its result or its exception.
-The task is shielded, so a leader whose client hangs up does not cancel the others' answer;
-when the last caller leaves before the upstream call was sent, the work is cancelled.
+The first caller for a key (the leader) starts the work as a task of its own; everyone
+else for that key awaits the same flight and gets its answer or its exception. The work
+may *publish* its answer before it has finished (the fetch path answers first and stores
+after): callers get the answer as soon as it is published, while the task goes on.
 
-Across worker processes: the pipeline additionally takes a lease in the shared diskcache
-(`DiskLease`) before calling upstream; a process that finds the lease taken waits for the
-entry to appear in the cache instead of calling upstream itself. Having taken the lease, the
-pipeline looks again for an entry newer than the one the request saw at lookup, because the
-previous holder may have stored and let go in between; without that second look, identical
-requests in two workers could still cost two calls. Waiting for the lease spends the
-request's own deadline. Errors are shared only within a process: when another process's
-call fails (or its answer is not cacheable, e.g. CONTENT_FILTERED), waiters elsewhere try
-once themselves, so a failing key costs up to one retried call per worker process.
+The answer is shielded, so a leader whose client hangs up does not cancel the others'
+answer; when the last caller leaves before the work has committed (sent its upstream
+request: the credit is spent from then on), the work is cancelled. Across processes, the
+fetch path adds a lease per key (see gateway.fetch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-import diskcache
+from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
+Role = Literal["led", "joined", "late"]
 
 
-class Flight:
-    """One shared call: how many callers still wait for it, and whether it has been sent.
-
-    Once the upstream request has gone out the credit is spent, so the call is finished and
-    its result cached even if every caller has left; before that, a flight nobody waits for
-    any more is cancelled, and its place in the rate-limit queue goes unused.
-    """
+class Flight(Generic[T]):
+    """One shared piece of work: who still waits for it, whether it has committed to the
+    upstream, and its answer."""
 
     def __init__(self) -> None:
         self.waiters = 0
         self.committed = False
-        self.task: asyncio.Task[object] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
     def commit(self) -> None:
         self.committed = True
 
+    def publish(self, result: T) -> None:
+        """Hand callers their answer now; the work may go on (storing, say)."""
+        if not self.answer.done():
+            self.answer.set_result(result)
 
-class SingleFlight:
+
+class SingleFlight(Generic[T]):
     def __init__(self) -> None:
-        self._flights: dict[str, Flight] = {}
+        self._flights: dict[str, Flight[T]] = {}
 
     def in_flight(self, key: str) -> bool:
         return key in self._flights
 
-    def _forget(self, key: str, flight: Flight) -> None:
+    async def settled(self, timeout: float) -> None:
+        """Wait (at most `timeout`) for flights that have answered but are still finishing,
+        so that what they store is visible to what comes next (the inspection API)."""
+        finishing = [
+            f.task for f in self._flights.values() if f.answer.done() and f.task is not None
+        ]
+        if finishing:
+            await asyncio.wait(finishing, timeout=timeout)
+
+    def answered(self, key: str) -> T | None:
+        """The answer of a flight for `key` that has answered but is still finishing."""
+        flight = self._flights.get(key)
+        if flight is None or not flight.answer.done() or flight.answer.cancelled():
+            return None
+        if flight.answer.exception() is not None:
+            return None
+        return flight.answer.result()
+
+    def _forget(self, key: str, flight: Flight[T]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    async def run(self, key: str, work: Callable[[Flight], Awaitable[T]]) -> tuple[T, bool]:
-        """(result, led): led is True for the one caller whose call did the work.
-
-        Cancelling a caller (its client hung up) never cancels the others' answer; the last
-        caller to leave cancels the work only if it has not committed to the upstream yet.
-        """
+    async def run(
+        self, key: str, work: Callable[[Flight[T]], Awaitable[T]], *, join_late: bool = True
+    ) -> tuple[T, Role]:
+        """(answer, role): "led" for the one caller whose call started the work, "joined"
+        for those who waited for it, "late" for those who came once it was answered (the
+        work still finishing, storing say). With `join_late` False, a flight already
+        answered is not joined: the caller starts a new one."""
         flight = self._flights.get(key)
-        led = flight is None
+        if flight is not None and flight.answer.done() and not join_late:
+            flight = None
+        role: Role = "led" if flight is None else "late" if flight.answer.done() else "joined"
         if flight is None:
             flight = self._flights[key] = Flight()
-            flight.task = asyncio.ensure_future(work(flight))
-            flight.task.add_done_callback(lambda _t: self._forget(key, flight))
+            flight.task = asyncio.ensure_future(self._drive(key, flight, work))
         assert flight.task is not None
         flight.waiters += 1
         try:
-            result = await asyncio.shield(flight.task)
+            result = await asyncio.shield(flight.answer)
         except asyncio.CancelledError:
-            if flight.waiters == 1 and not flight.committed:
+            if flight.waiters == 1 and not flight.committed and not flight.answer.done():
                 # Forget it now, not when the task has wound down: a request arriving in
                 # between must start a flight of its own, not join one being cancelled.
                 self._forget(key, flight)
@@ -82,31 +96,21 @@ class SingleFlight:
             raise
         finally:
             flight.waiters -= 1
-        return result, led  # type: ignore[return-value]
+        return result, role
 
-
-class DiskLease:
-    """A per-key lease in the shared state cache: `add` is atomic across processes.
-
-    The lease holds a token of its own, and `release` deletes it only while the token is
-    still there: a holder whose lease expired (it outlived the deadline) must not delete
-    the lease another worker has taken since.
-    """
-
-    def __init__(self, state: diskcache.Cache, key: str, seconds: float) -> None:
-        self.state = state
-        self.name = ("flight", key)
-        self.seconds = seconds
-        self.token = f"{os.getpid()}:{uuid.uuid4().hex}"
-
-    def acquire(self) -> bool:
-        return bool(self.state.add(self.name, self.token, expire=self.seconds))
-
-    def held_elsewhere(self) -> bool:
-        holder = self.state.get(self.name)
-        return holder is not None and holder != self.token
-
-    def release(self) -> None:
-        with self.state.transact():
-            if self.state.get(self.name) == self.token:
-                self.state.delete(self.name)
+    async def _drive(
+        self, key: str, flight: Flight[T], work: Callable[[Flight[T]], Awaitable[T]]
+    ) -> None:
+        try:
+            flight.publish(await work(flight))
+        except asyncio.CancelledError:
+            if not flight.answer.done():
+                flight.answer.cancel()
+        except BaseException as exc:
+            if not flight.answer.done():
+                flight.answer.set_exception(exc)
+                _ = flight.answer.exception()  # retrieved: nobody may be left to await it
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._forget(key, flight)

@@ -5,34 +5,37 @@ The transport is the seam: `UpstreamClient(settings, limiter, transport=...)` ta
 gateway uses httpx's default.
 
 What is retried (tenacity, exponential backoff with jitter, the upstream's Retry-After
-honoured): 429, 500, 502, 503, 504, timeouts and connection errors, including a
-connection that breaks in the middle of the body. Every attempt passes the shared limiter
-again. What is not: every other status (400 invalid_prompts, 401, 403 content_moderation,
+honoured): 429, 500, 502, 503, 504, connection errors and timeouts before the request was
+sent, including a connection that breaks in the middle of the answer. A read timeout (the
+request was sent whole, no answer came) is retried only with `retry_read_timeouts`: the
+image may have been generated and charged. Every attempt passes the shared limiter again.
+What is not retried: every other status (400 invalid_prompts, 401, 403 content_moderation,
 404...) comes back to the caller as the upstream sent it, after one call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
     wait_random,
 )
 
+from cache.interfaces import ANONYMOUS, QueueFull, RateLimiter, Ticket
 from gateway.config import Settings
-from gateway.errors import GatewayTimeout, UpstreamError, UpstreamUnavailable
+from gateway.deadline import Deadline
+from gateway.errors import GatewayTimeout, RateLimited, UpstreamError, UpstreamUnavailable
 from gateway.generation import UpstreamRequest
-from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger("gateway.upstream")
 
@@ -67,6 +70,25 @@ def retry_after_seconds(response: httpx.Response, ceiling: float) -> float | Non
     if not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), ceiling)
+
+
+def queue_full(exc: QueueFull) -> RateLimited:
+    """The gateway's own 429 for a request whose turn is too far away."""
+    retry_after = max(1, math.ceil(exc.wait - exc.max_wait))
+    return RateLimited(
+        f"the shared upstream rate limit queue is full: the next send slot is {exc.wait:.1f} s "
+        f"away, more than the {exc.max_wait:g} s a request may wait; retry after "
+        f"{retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    """The final upstream response and how many attempts it took."""
+
+    response: httpx.Response
+    attempts: int
 
 
 def _as_sent(value: str) -> bytes:
@@ -131,6 +153,13 @@ class UpstreamClient:
         after = retry_after_seconds(response, self.retry_after_ceiling)
         return self.settings.rate_limit.cooldown_seconds if after is None else after
 
+    def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, RetryableStatus):
+            return True
+        if isinstance(exc, httpx.ReadTimeout):
+            return self.settings.retry.retry_read_timeouts
+        return isinstance(exc, httpx.TransportError)
+
     def _wait(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
@@ -138,7 +167,7 @@ class UpstreamClient:
             after = retry_after_seconds(exc.response, self.retry_after_ceiling)
             if after is not None:
                 return after
-        return backoff
+        return float(backoff)
 
     async def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -170,69 +199,87 @@ class UpstreamClient:
         request: UpstreamRequest,
         caller_headers: Mapping[str, str],
         *,
+        deadline: Deadline,
+        ticket: Ticket = ANONYMOUS,
         on_send: Callable[[], None] = lambda: None,
-    ) -> httpx.Response:
-        """Returns the final upstream response (2xx, a non-retryable error, or the last
-        retryable one); raises UpstreamUnavailable/GatewayTimeout when no answer came.
-        `on_send` is called just before each attempt goes out (after the limiter)."""
-        deadline = self.settings.timeouts.deadline_seconds
-        try:
-            async with asyncio.timeout(deadline):
-                return await self._send(request, caller_headers, on_send)
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"the upstream did not answer within the {deadline:g} s deadline",
-                name="upstream_timeout",
-            ) from None
+    ) -> UpstreamAnswer:
+        """The final upstream response (2xx, a non-retryable error, or the last retryable
+        one) and the attempts it took. Raises RateLimited when the queue is too long,
+        UpstreamUnavailable/GatewayTimeout when no answer came, and the deadline's 504 when
+        it passes. `on_send` is called just before each attempt goes out (after the limiter)."""
+        async with deadline.enforced():
+            return await self._send(request, caller_headers, ticket, on_send)
 
     async def _send(
         self,
         request: UpstreamRequest,
         caller_headers: Mapping[str, str],
+        ticket: Ticket,
         on_send: Callable[[], None],
-    ) -> httpx.Response:
+    ) -> UpstreamAnswer:
         headers = self.headers_for(caller_headers, request.accept)
+        attempts = self.settings.retry.attempts
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.retry.attempts),
+            stop=stop_after_attempt(attempts),
             wait=self._wait,
-            retry=retry_if_exception_type((RetryableStatus, httpx.TransportError)),
+            retry=retry_if_exception(self._retryable),
             before_sleep=self._before_sleep,
             reraise=True,
         )
+        made = 0
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self.limiter.acquire()
+                    try:
+                        await self.limiter.acquire(ticket)
+                    except QueueFull as exc:
+                        raise queue_full(exc) from None
+                    made += 1
                     self.on_attempt()
                     on_send()
                     response = await self._request(request, headers)
                     if response.status_code in RETRY_STATUSES:
                         raise RetryableStatus(response)
-                    return response
+                    return UpstreamAnswer(response, made)
         except RetryableStatus as exc:
             if exc.response.status_code == 429:
                 await self.limiter.cool_down(self._pause_after_429(exc.response))
             log.warning(
                 "upstream answered %d after %d attempts; giving up",
-                exc.response.status_code, self.settings.retry.attempts,
+                exc.response.status_code, made,
             )  # fmt: skip
-            return exc.response
+            return UpstreamAnswer(exc.response, made)
         except httpx.DecodingError as exc:
             raise UpstreamError(f"upstream sent a body that could not be decoded ({exc})") from exc
+        except httpx.ReadTimeout as exc:
+            retried = (
+                ""
+                if self._retryable(exc)
+                else (
+                    "; not retried: the request was sent whole, so the image may have been "
+                    "generated and charged (retry_read_timeouts = false)"
+                )
+            )
+            raise GatewayTimeout(
+                f"the upstream did not answer within the {self.settings.timeouts.read_seconds:g}"
+                f" s read timeout after {made} attempt{'s' if made != 1 else ''} "
+                f"(ReadTimeout){retried}",
+                name="upstream_timeout",
+            ) from exc
         except httpx.TimeoutException as exc:
             raise GatewayTimeout(
-                f"the upstream did not answer in time after {self.settings.retry.attempts} "
-                f"attempts ({type(exc).__name__})",
+                f"the upstream did not answer in time after {made} attempts ({type(exc).__name__})",
                 name="upstream_timeout",
             ) from exc
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(
-                f"could not reach the upstream after {self.settings.retry.attempts} attempts "
-                f"({type(exc).__name__})"
+                f"could not reach the upstream after {made} attempts ({type(exc).__name__})"
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _request(self, request: UpstreamRequest, headers: dict[str, str]) -> httpx.Response:
+    async def _request(
+        self, request: UpstreamRequest, headers: dict[str, str | bytes]
+    ) -> httpx.Response:
         kwargs: dict[str, Any] = {"headers": headers}
         if request.json is not None:
             kwargs["json"] = request.json
@@ -241,11 +288,3 @@ class UpstreamClient:
         if request.files is not None:
             kwargs["files"] = request.files
         return await self.http.request(request.method, request.path, **kwargs)
-
-    async def passthrough(
-        self, method: str, path: str, caller_headers: Mapping[str, str], query: str = ""
-    ) -> httpx.Response:
-        """A plain call for the account/engine routes: limited and retried like the rest."""
-        return await self.send(
-            UpstreamRequest(method, path + (f"?{query}" if query else "")), caller_headers
-        )

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from gateway.app import create_app
 from gateway.config import Settings
+from tests.support.app import app_client
 
 PATH = "/v1/generation/stable-diffusion-xl-1024-v1-0/text-to-image"
 
@@ -46,10 +46,8 @@ def upstream() -> Upstream:
 
 @pytest.fixture
 async def client(settings: Settings, upstream: Upstream):  # type: ignore[no-untyped-def]
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+    async with app_client(settings, upstream) as c:
         yield c
-    app.state.store.close()
 
 
 @pytest.mark.anyio
@@ -87,14 +85,12 @@ async def test_without_a_gateway_key_a_bad_credential_is_not_shared(settings: Se
 
     upstream = Checking(delay=0.05)
     keyless = dataclasses.replace(settings, api_key="")
-    app = create_app(keyless, transport=httpx.MockTransport(upstream))
     payload = {"text_prompts": [{"text": "per caller"}], "width": 1024, "height": 1024}
     credentials = ["Bearer bad", "Bearer good"] * 3
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+    async with app_client(keyless, upstream) as c:
         answers = await asyncio.gather(
             *(c.post(PATH, json=payload, headers={"Authorization": a}) for a in credentials)
         )
-    app.state.store.close()
     by_credential = {(a, r.status_code) for a, r in zip(credentials, answers, strict=True)}
     assert ("Bearer good", 401) not in by_credential
     assert ("Bearer good", 200) in by_credential

@@ -415,21 +415,27 @@ def test_connection_refused_is_503_and_the_next_request_tries_again(
     assert gateway.logs().count("ConnectError") >= 4  # two WARNINGs per request
 
 
-@pytest.mark.parametrize("path", ["deadline", "read_timeout"])
+@pytest.mark.parametrize("path", ["deadline", "read_timeout", "retried_read_timeout"])
 def test_hanging_upstream_is_answered_within_the_deadline(
     shared_fake: FakeStability, start_gateway: StartGateway, prompt: str, path: str
 ) -> None:
     """deadline: one attempt hangs past the whole-request deadline (1 s) -> 504 by then.
-    read_timeout: each attempt times out after 0.3 s and is retried -> 504 after 3 attempts.
+    read_timeout: the attempt times out after 0.3 s; it was sent whole and may have been
+    charged, so by default it is not retried -> 504 after 1 attempt. With
+    retry_read_timeouts each attempt is retried -> 504 after 3 attempts.
     Either way, with an earlier entry and X-Allow-Cached, the entry is served STALE."""
     shared_fake.reset()
     if path == "deadline":
         gateway = start_gateway(shared_fake.url, deadline=1, read_timeout=30)
         limit, attempts = 1.0, 1
+    elif path == "read_timeout":
+        gateway = start_gateway(shared_fake.url, deadline=20, read_timeout=0.3)
+        limit, attempts = 0.3 + 0.1, 1
     else:
         gateway = start_gateway(
-            shared_fake.url, deadline=20, read_timeout=0.3, backoff_initial=0.05
-        )
+            shared_fake.url, deadline=20, read_timeout=0.3, backoff_initial=0.05,
+            retry_read_timeouts="true",
+        )  # fmt: skip
         limit, attempts = 3 * 0.3 + 0.05 + 0.1, 3
     original = post(gateway, body(prompt))
     assert original.status_code == 200

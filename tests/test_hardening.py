@@ -14,9 +14,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from gateway.app import create_app
+from cache.local import LocalCoordinator
 from gateway.config import Settings
-from gateway.singleflight import DiskLease, SingleFlight
+from gateway.singleflight import SingleFlight
+from tests.support.app import app_client, ask
+from tests.support.errors import stability_error
 
 V1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 
@@ -49,29 +51,8 @@ def upstream() -> Upstream:
 
 @pytest.fixture
 async def client(settings: Settings, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+    async with app_client(settings, upstream) as c:
         yield c
-    app.state.store.close()
-
-
-async def ask(
-    settings: Settings, upstream: Upstream, method: str, path: str, **kwargs: object
-) -> httpx.Response:
-    """One request to a fresh app (own cache folder) in front of `upstream`."""
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
-            return await c.request(method, path, **kwargs)  # type: ignore[arg-type]
-    finally:
-        app.state.store.close()
-
-
-def stability_error(response: httpx.Response, status: int, *, v2: bool = False) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == ({"id", "name", "errors"} if v2 else {"id", "name", "message"})
-    return str(body["name"])
 
 
 @pytest.mark.anyio
@@ -169,11 +150,10 @@ async def test_retry_after_cannot_freeze_the_gateway(settings: Settings, retry_a
             429, json={"id": "0", "name": "x", "message": "m"}, headers={"retry-after": retry_after}
         )
     )
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+    async with app_client(settings, upstream) as c:
         await c.post(V1, json={"text_prompts": [{"text": "slow"}]})
-    until = float(app.state.store.state.get(("ratelimit", "cooldown_until"), 0.0))
-    app.state.store.close()
+        limiter = c.app.state.backends.coordinator.limiter.primary  # type: ignore[attr-defined]
+        until = limiter.snapshot().cooldown_until
     assert until - time.time() <= 60  # at most a minute, Stability's own time-out
 
 
@@ -209,18 +189,17 @@ async def test_a_newcomer_never_joins_a_flight_being_cancelled() -> None:
     leaver.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaver
-    assert await flights.run("k", quick) == ("image", True)
+    assert await flights.run("k", quick) == ("image", "led")
 
 
-def test_a_lease_is_released_only_by_its_holder(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import diskcache
-
-    state = diskcache.Cache(str(tmp_path))
-    first, second = DiskLease(state, "k", 0.05), DiskLease(state, "k", 60)
-    assert first.acquire()
-    time.sleep(0.1)  # the first holder outlived its lease
-    assert second.acquire()
-    first.release()  # late: must not remove the second holder's lease
-    assert second.held_elsewhere() is False and first.held_elsewhere() is True
-    second.release()
-    assert state.get(("flight", "k")) is None
+@pytest.mark.anyio
+async def test_a_lease_is_released_only_by_its_holder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    coordinator = LocalCoordinator(tmp_path, limit=10, period=1)
+    assert await coordinator.acquire_lease("k", "first", 0.05)
+    await asyncio.sleep(0.1)  # the first holder outlived its lease
+    assert await coordinator.acquire_lease("k", "second", 60)
+    await coordinator.release_lease("k", "first")  # late: must not remove the second's lease
+    assert coordinator.holder("k") == "second"
+    await coordinator.release_lease("k", "second")
+    assert coordinator.holder("k") is None
+    await coordinator.close()

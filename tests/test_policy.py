@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import Headers
 
+from cache.model import EntryMeta
 from gateway.policy import Action, Controls, decide
 
-REAL = {"source": "upstream", "created_at": 1000.0}
-PLACEHOLDER = {"source": "offline", "created_at": 1000.0}
+REAL = EntryMeta("k", "v1", 1000.0, (), source="upstream")
+PLACEHOLDER = EntryMeta("k", "v1", 1000.0, (), source="offline")
 
 
 def run(mode="online", meta=None, now=1001.0, ttl=0.0, refresh=False, random=False, **controls):

@@ -15,10 +15,10 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from gateway.app import create_app
 from gateway.config import Settings
 from gateway.jobs import job_id
 from tests.fakes.multipart import encode_multipart as multipart
+from tests.support.app import app_client
 
 V1_I2I = "/v1/generation/stable-diffusion-v1-6/image-to-image"
 CORE = "/v2beta/stable-image/generate/core"
@@ -110,10 +110,8 @@ def upstream() -> Upstream:
 
 
 async def make_client(settings: Settings, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, transport=httpx.MockTransport(upstream))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
+    async with app_client(settings, upstream) as c:
         yield c
-    app.state.store.close()
 
 
 @pytest.fixture

@@ -9,21 +9,29 @@ import httpx
 import pytest
 import respx
 
-from cache.store import DiskStore
+from cache.local import LocalCoordinator
 from gateway.config import Settings
+from gateway.deadline import Deadline
 from gateway.errors import GatewayTimeout, UpstreamUnavailable
 from gateway.generation import UpstreamRequest
-from gateway.ratelimit import DiskRateLimiter
 from gateway.upstream import UpstreamClient
 
 URL = "https://upstream.test/v1/generation/e/text-to-image"
 REQUEST = UpstreamRequest("POST", "/v1/generation/e/text-to-image", json={"a": 1})
 
 
-def client(settings: Settings, tmp_path: Path) -> UpstreamClient:
-    store = DiskStore(tmp_path / "state")
-    limiter = DiskRateLimiter(store.state, limit=100, period=1, max_wait=10)
-    return UpstreamClient(settings, limiter)
+class Client:
+    def __init__(self, settings: Settings, tmp_path: Path) -> None:
+        coordinator = LocalCoordinator(tmp_path / "state", limit=100, period=1, max_wait=10)
+        self.upstream = UpstreamClient(settings, coordinator.limiter)
+
+    async def send(self, request: UpstreamRequest, caller: dict[str, str]) -> httpx.Response:
+        answer = await self.upstream.send(request, caller, deadline=Deadline(30))
+        return answer.response
+
+
+def client(settings: Settings, tmp_path: Path) -> Client:
+    return Client(settings, tmp_path)
 
 
 def error(status: int, name: str = "server_error", headers: dict | None = None) -> httpx.Response:
@@ -72,6 +80,25 @@ async def test_network_errors_become_503_and_timeouts_504(settings, tmp_path) ->
     route.mock(side_effect=httpx.ReadTimeout("slow"))
     with pytest.raises(GatewayTimeout):
         await client(settings, tmp_path).send(REQUEST, {})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("retry_read_timeouts", "calls"), [(False, 1), (True, 3)])
+@respx.mock
+async def test_read_timeouts_are_retried_only_when_allowed(
+    settings, tmp_path, retry_read_timeouts, calls
+) -> None:
+    """A read timeout comes after the request was sent whole: the image may have been made
+    and charged, so by default it is not sent again. Connect errors always are."""
+    settings = settings.replace(retry={"retry_read_timeouts": retry_read_timeouts})
+    route = respx.post(URL).mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(GatewayTimeout) as caught:
+        await client(settings, tmp_path).send(REQUEST, {})
+    assert route.call_count == calls
+    assert caught.value.name == "upstream_timeout"
+    assert (
+        "may have been generated and charged" in caught.value.message
+    ) is not retry_read_timeouts
 
 
 @pytest.mark.anyio

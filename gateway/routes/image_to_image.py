@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.keys import make_key
-from cache.store import Artifact
+from cache.model import Artifact
 from gateway.errors import BadRequest
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image

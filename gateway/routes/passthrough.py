@@ -18,31 +18,31 @@ could be mistaken for a real one), and results are served only from the cache.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import anyio.to_thread
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cache.store import Artifact, DiskStore, Entry
+from cache.interfaces import StoreError
+from cache.memory import TieredEntryStore
 from gateway.config import Settings
-from gateway.errors import GatewayError, GatewayTimeout
+from gateway.deadline import Deadline
+from gateway.errors import GatewayError, GatewayTimeout, NotFound
+from gateway.fetch import Failed, Fetched, Fetcher, credential_hash
 from gateway.generation import UpstreamRequest
-from gateway.images import check_image
-from gateway.jobs import Job, JobBook, job_id
+from gateway.http.forward import forward
+from gateway.jobs import job_id
 from gateway.routes.common import wants_json_v2
-from gateway.routes.stable_image import decode_v2, render_v2
+from gateway.routes.stable_image import V2_JSON_ANSWER, render_v2
 from gateway.upstream import UpstreamClient
 
 ENGINES_TTL_SECONDS = 60.0
 MAX_ENGINE_LISTS = 256  # distinct credentials whose engine list is held in memory
-# Upstream headers worth passing back with an answer; hop-by-hop and length are not.
-KEPT_HEADERS = ("content-type", "retry-after", "x-request-id", "finish-reason", "seed")
 OFFLINE_ENGINES = [
     {
         "id": "stable-diffusion-xl-1024-v1-0",
@@ -65,12 +65,6 @@ OFFLINE_ENGINES = [
 ]
 
 
-def forward(response: httpx.Response, headers: dict[str, str]) -> Response:
-    """The upstream's answer as sent (status, body, content type), plus our headers."""
-    kept = {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS}
-    return Response(response.content, status_code=response.status_code, headers={**kept, **headers})
-
-
 @dataclass(frozen=True)
 class _Held:
     expires: float
@@ -85,6 +79,7 @@ class AccountPassThrough:
         self, settings: Settings, upstream: UpstreamClient | None, ttl: float = ENGINES_TTL_SECONDS
     ) -> None:
         self.mode = settings.mode
+        self.deadline_seconds = settings.timeouts.deadline_seconds
         self.upstream = upstream
         self.ttl = ttl
         self._engines: OrderedDict[str, _Held] = OrderedDict()
@@ -96,25 +91,32 @@ class AccountPassThrough:
             Route("/v1/user/balance", self.account, methods=["GET"]),
         ]
 
-    def _credential(self, caller: dict[str, str]) -> str:
+    def _credential(self, caller: Mapping[str, str]) -> str:
         assert self.upstream is not None
         authorization = self.upstream.headers_for(caller, "application/json").get(
-            "authorization", ""
+            "authorization", b""
         )
-        raw = authorization if isinstance(authorization, bytes) else authorization.encode()
-        return hashlib.sha256(raw).hexdigest()
+        return credential_hash(authorization)
+
+    async def _pass(self, request: Request) -> httpx.Response:
+        assert self.upstream is not None
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        answer = await self.upstream.send(
+            UpstreamRequest("GET", path), request.headers,
+            deadline=Deadline(self.deadline_seconds),
+        )  # fmt: skip
+        return answer.response
 
     async def engines(self, request: Request) -> Response:
         if self.upstream is None:
             return JSONResponse(OFFLINE_ENGINES, headers={"X-Cache": "OFFLINE"})
-        caller = dict(request.headers)
-        credential = self._credential(caller)
+        credential = self._credential(request.headers)
         held = self._engines.get(credential)
         if held is not None and held.expires > time.monotonic():
             return Response(held.body, media_type=held.content_type, headers={"X-Cache": "HIT"})
-        response = await self.upstream.passthrough(
-            "GET", request.url.path, caller, request.url.query
-        )
+        if held is not None:
+            del self._engines[credential]
+        response = await self._pass(request)
         if response.status_code == 200:
             self._hold(credential, response)
         return forward(response, {"X-Cache": "MISS"})
@@ -136,22 +138,22 @@ class AccountPassThrough:
                 name="offline_mode",
                 status=503,
             )
-        response = await self.upstream.passthrough(
-            "GET", request.url.path, dict(request.headers), request.url.query
-        )
-        return forward(response, {"X-Cache": "BYPASS"})
+        return forward(await self._pass(request), {"X-Cache": "BYPASS"})
 
 
 class Results:
     """GET /v2beta/results/{id}: job results, stored once finished."""
 
     def __init__(
-        self, settings: Settings, store: DiskStore, upstream: UpstreamClient | None
+        self,
+        settings: Settings,
+        entries: TieredEntryStore,
+        fetcher: Fetcher | None,
     ) -> None:
+        self.settings = settings
         self.mode = settings.mode
-        self.store = store
-        self.upstream = upstream
-        self.jobs = JobBook(store.state)
+        self.entries = entries
+        self.fetcher = fetcher
 
     def routes(self) -> list[Route]:
         return [Route("/v2beta/results/{id}", self.results, methods=["GET"])]
@@ -164,42 +166,59 @@ class Results:
 
     async def _results(self, request: Request, job: str) -> Response:
         want = "json" if wants_json_v2(request) else "image"
-        known = await anyio.to_thread.run_sync(self.jobs.get, job)
-        entry = await anyio.to_thread.run_sync(self.store.get, known.key if known else job)
+        known = await self.fetcher.jobs.get(job) if self.fetcher is not None else None
+        if (
+            known is not None
+            and known.credential
+            and credential_hash(_authorization(request)) != known.credential
+        ):
+            # Callers forward their own keys: a job's result is for the one who asked.
+            raise NotFound(f"no result with id {job}", name="not_found")
+        try:
+            entry = await self.entries.get(known.key if known else job)
+        except StoreError:
+            entry = None
         # A bare id is a cache key only for job routes: their cached answers hand out the
         # key as the id to poll.
-        if entry is not None and (known is not None or entry.meta.get("job")):
+        if entry is not None and (known is not None or entry.meta.summary.get("job")):
+            if self.fetcher is not None and not self.settings.api_key and known is None:
+                refused = await self.fetcher.check_credential(
+                    request.headers, Deadline(self.settings.timeouts.deadline_seconds)
+                )
+                if refused is not None:
+                    return forward(refused, {"X-Cache": "MISS"})
             headers = {"X-Cache": "HIT", "X-Cache-Key": entry.key}
             return render_v2(entry.artifacts[0], want, headers)
-        if self.upstream is None:
+        if self.fetcher is None:
             raise GatewayTimeout(
                 f"the result of {job} is not in the cache, and in {self.mode} mode the "
                 "gateway has no upstream to ask",
                 name="not_cached",
             )
         path = f"/v2beta/results/{job}"
-        caller = dict(request.headers)
+        deadline = Deadline(self.settings.timeouts.deadline_seconds)
+        upstream = self.fetcher.upstream
         if known is None:  # not a job of ours: a plain pass-through, in the caller's format
             accept = request.headers.get("accept") or "image/*"
-            response = await self.upstream.send(UpstreamRequest("GET", path, accept=accept), caller)
-            return forward(response, {"X-Cache": "BYPASS"})
-        response = await self.upstream.send(UpstreamRequest("GET", path), caller)
+            answer = await upstream.send(
+                UpstreamRequest("GET", path, accept=accept), request.headers, deadline=deadline
+            )
+            return forward(answer.response, {"X-Cache": "BYPASS"})
+        answer = await upstream.send(UpstreamRequest("GET", path), request.headers,
+                                     deadline=deadline)  # fmt: skip
+        response = answer.response
         headers = {"X-Cache": "MISS", "X-Cache-Key": known.key}
         if response.status_code != 200 or job_id(response) is not None:
             return forward(response, headers)  # still running (202), expired (404), ...
-        artifacts = await anyio.to_thread.run_sync(self._finish, response, known, path)
-        return render_v2(artifacts[0], want, headers)
+        generation = known.generation(path, "json")
+        outcome = await self.fetcher.accept(
+            None, V2_JSON_ANSWER, response, generation, answer.attempts, store=True
+        )
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        assert isinstance(outcome, Fetched)
+        return render_v2(outcome.artifacts[0], want, headers)
 
-    def _finish(self, response: httpx.Response, job: Job, path: str) -> list[Artifact]:
-        """Decode and check the finished image; store it under the job's key. Blocking."""
-        generation = job.generation(path, "json")
-        artifacts = decode_v2(response, generation)
-        for artifact in artifacts:
-            check_image(
-                artifact.data,
-                expected_size=generation.expected_size,
-                formats=generation.expected_formats,
-            )
-        if all(a.finish_reason == "SUCCESS" for a in artifacts):
-            self.store.put(Entry(job.key, artifacts, {**job.summary, "source": "upstream"}))
-        return artifacts
+
+def _authorization(request: Request) -> str:
+    return request.headers.get("authorization", "")

@@ -37,10 +37,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cache.keys import make_key
-from cache.store import Artifact
+from cache.model import Artifact
 from gateway.errors import UpstreamError
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
+from gateway.rendered import remember, rendered
 from gateway.routes.common import read_multipart, wants_json_v2
 from gateway.validation import (
     MAX_V2_SEED,
@@ -61,7 +62,7 @@ from gateway.validation import (
     check_form,
 )
 
-V2_JSON = "v2-json"  # the memoised form of the JSON answer (Artifact.rendered)
+V2_JSON = "v2-json"  # the memoised form of the JSON answer (gateway.rendered)
 MEDIA_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 ASPECT_TOLERANCE = 0.05
 MAX_PLACEHOLDER_SIDE = 4096
@@ -150,8 +151,18 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
         check_aspect(data, ratio)
     media_type = MEDIA_TYPES[generation.expected_formats[0]]
     artifact = Artifact(data, seed, finish_reason, media_type)
-    artifact.remember(V2_JSON, _v2_json(artifact, b64=text.encode("ascii")))  # no re-encoding
+    remember(artifact, V2_JSON, _v2_json(artifact, b64=text.encode("ascii")))  # no re-encoding
     return [artifact]
+
+
+class V2JsonAnswer:
+    """The decoding half of a v2beta route, for answers that arrive later (job results)."""
+
+    def decode(self, response: httpx.Response, generation: Generation) -> list[Artifact]:
+        return decode_v2(response, generation)
+
+
+V2_JSON_ANSWER = V2JsonAnswer()
 
 
 def _v2_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
@@ -171,7 +182,7 @@ def _v2_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
 def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Response:
     """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
     if want == "json":
-        body = artifact.rendered(V2_JSON, _v2_json)
+        body = rendered(artifact, V2_JSON, _v2_json)
         return Response(body, media_type="application/json", headers=headers)
     return Response(
         artifact.data,

@@ -13,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.keys import make_key, normalise
-from cache.store import Artifact
+from cache.model import Artifact
 from gateway.errors import BadRequest, UpstreamError
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
+from gateway.rendered import remember, rendered
 from gateway.routes.common import engine_id, read_json_object, wants_image
 from gateway.validation import (
     SDXL_V1_ENGINES,
@@ -27,7 +28,7 @@ from gateway.validation import (
 )
 
 ROUTE = "v1/text-to-image"
-V1_JSON = "v1-json"  # the memoised form of a one-image JSON answer (Artifact.rendered)
+V1_JSON = "v1-json"  # the memoised form of a one-image JSON answer (gateway.rendered)
 
 
 def fill_defaults(
@@ -106,8 +107,10 @@ class TextToImage:
                 for item, text in zip(raw_artifacts, texts, strict=True)
             ]
             if len(artifacts) == 1:  # the upstream's base64 is ours: no need to encode again
-                artifacts[0].remember(
-                    V1_JSON, _single_answer(artifacts[0], b64=texts[0].encode("ascii"))
+                remember(
+                    artifacts[0],
+                    V1_JSON,
+                    _single_answer(artifacts[0], b64=texts[0].encode("ascii")),
                 )
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UpstreamError(f"upstream sent a body that is not valid JSON ({exc})") from exc
@@ -170,5 +173,5 @@ def json_artifacts(artifacts: list[Artifact]) -> bytes:
     """Stability's v1 JSON answer. A one-image answer (the usual case) is built once per
     artifact and reused: base64-encoding a 2.6 MB image costs milliseconds per request."""
     if len(artifacts) == 1:
-        return artifacts[0].rendered(V1_JSON, _single_answer)
+        return rendered(artifacts[0], V1_JSON, _single_answer)
     return b"".join((b'{"artifacts":[', b",".join(map(_artifact_json, artifacts)), b"]}"))

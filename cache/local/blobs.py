@@ -1,0 +1,108 @@
+"""Image bytes in a diskcache folder, addressed by SHA-256.
+
+diskcache writes a value of 32 KiB or more to a file of its own before the SQLite row that
+points at it; if the write or the row fails (a full disk, a read-only folder), that file
+would stay behind, unreferenced, for ever. `_TidyDisk` remembers the file each thread is
+writing, so a failed `set` removes it. Eviction is the EntryStore's job (it knows which
+entries are oldest, and keeps its totals right), so this cache never culls on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import diskcache
+
+from cache.local.errors import store_errors
+
+
+class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's Disk, able to remove the file it was writing when the write failed."""
+
+    def __init__(self, directory: str, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self._writing = threading.local()
+
+    def filename(self, key: Any = diskcache.UNKNOWN, value: Any = diskcache.UNKNOWN) -> Any:
+        name, full_path = super().filename(key, value)
+        self._writing.path = full_path
+        return name, full_path
+
+    def begin(self) -> None:
+        self._writing.path = None
+
+    def discard_unfinished(self) -> None:
+        path = getattr(self._writing, "path", None)
+        self._writing.path = None
+        if path:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+class DiskBlobStore:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.where = str(directory)
+        with store_errors(self.where):
+            self.cache = diskcache.Cache(
+                str(directory), disk=_TidyDisk, eviction_policy="none", size_limit=2**62
+            )
+
+    @property
+    def _disk(self) -> _TidyDisk:
+        disk = self.cache.disk
+        assert isinstance(disk, _TidyDisk)
+        return disk
+
+    def put_sync(self, sha256: str, data: bytes) -> None:
+        with store_errors(self.where):
+            if sha256 in self.cache:
+                return
+            self._disk.begin()
+            try:
+                self.cache.set(sha256, data)
+            except BaseException:
+                self._disk.discard_unfinished()
+                raise
+
+    def get_sync(self, sha256: str) -> bytes | None:
+        """One read into one buffer: diskcache hands back a file's whole content."""
+        with store_errors(self.where):
+            value = self.cache.get(sha256)
+        return value if isinstance(value, bytes) else None
+
+    def has_sync(self, sha256: str) -> bool:
+        with store_errors(self.where):
+            return sha256 in self.cache
+
+    def delete_sync(self, sha256: str) -> None:
+        with store_errors(self.where):
+            self.cache.delete(sha256)
+
+    def clear_sync(self) -> None:
+        with store_errors(self.where):
+            self.cache.clear()
+
+    def volume(self) -> int:
+        with store_errors(self.where):
+            return int(self.cache.volume())
+
+    def files(self) -> list[Path]:
+        """Every value file on disk (for tests and checks: orphans show up here)."""
+        return [p for p in Path(self.where).rglob("*.val")]
+
+    async def put(self, sha256: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self.put_sync, sha256, data)
+
+    async def get(self, sha256: str) -> bytes | None:
+        return await anyio.to_thread.run_sync(self.get_sync, sha256)
+
+    async def delete(self, sha256: str) -> None:
+        await anyio.to_thread.run_sync(self.delete_sync, sha256)
+
+    async def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,242 @@
+"""Rate limiters of the local backend.
+
+- `DiskRateLimiter` (default): the fair queue of `cache.fair_queue`, its state in the cache
+  folder's diskcache and every change one SQLite transaction, so every worker process of
+  the host shares one limit and one queue.
+- `MemoryRateLimiter`: one process only, sends paced evenly by aiolimiter (its bucket lets
+  a full burst through and then refills, so evenly paced is the only setting that keeps
+  every window under the limit), waiters served in the same fair order.
+- `FallbackLimiter`: the disk limiter, or, while the cache folder cannot be written (a
+  full disk), an in-process limiter at this worker's share of the limit, so a full disk
+  neither stops the gateway nor lets the workers together exceed the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import diskcache
+from aiolimiter import AsyncLimiter
+
+from cache import fair_queue
+from cache.fair_queue import QueueState, Rules, Waiting
+from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Ticket
+from cache.local.errors import coordination_errors
+
+log = logging.getLogger("cache.ratelimit")
+
+STATE_KEY = ("ratelimit", "queue")
+HEARTBEAT_SECONDS = 1.0
+TICKET_TTL_SECONDS = 5.0
+FALLBACK_LOG_SECONDS = 60.0
+
+
+class _Wakeup:
+    """Lets this process's waiters re-check at once when one of them sends or leaves
+    (other processes' changes are seen at the next heartbeat)."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def sleep(self, seconds: float) -> None:
+        if self._event is None:
+            self._event = asyncio.Event()
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
+
+
+class DiskRateLimiter:
+    def __init__(
+        self,
+        state: diskcache.Cache,
+        *,
+        limit: int,
+        period: float,
+        margin: float = 0.0,
+        max_wait: float = 60.0,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        ticket_ttl: float = TICKET_TTL_SECONDS,
+        where: str = "",
+    ) -> None:
+        self.state = state
+        self.rules = Rules(limit, period + margin, max_wait, ticket_ttl)
+        self.heartbeat = heartbeat
+        self.where = where or str(state.directory)
+        self.waiting = 0
+        self._wakeup = _Wakeup()
+        self._leaving: set[asyncio.Future[None]] = set()
+        # This process's transactions run one at a time, in the order they were asked for
+        # (asyncio.Lock is FIFO): worker threads would otherwise commit two requests that
+        # arrived a microsecond apart in either order.
+        self._turn = asyncio.Lock()
+
+    def _apply(self, step: Callable[..., Any], *args: Any) -> Any:
+        """One transaction: read the state, apply `step(state, *args, now)`, write it."""
+        with coordination_errors(self.where), self.state.transact():
+            state = QueueState.from_dict(self.state.get(STATE_KEY))
+            result = step(state, *args, time.time())
+            self.state.set(STATE_KEY, state.to_dict())
+            return result
+
+    async def _transact(self, step: Callable[..., Any]) -> Any:
+        async with self._turn:
+            return await anyio.to_thread.run_sync(self._apply, step)
+
+    def snapshot(self) -> QueueState:
+        with coordination_errors(self.where):
+            return QueueState.from_dict(self.state.get(STATE_KEY))
+
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
+        started = time.monotonic()
+        arrived = time.time()
+        ident = uuid.uuid4().hex
+        rules = self.rules
+
+        def join(state: QueueState, now: float) -> float:
+            return fair_queue.join(state, ident, ticket, now, rules, arrived)
+
+        def poll(state: QueueState, now: float) -> float:
+            return fair_queue.poll(state, ident, ticket, now, rules)
+
+        self.waiting += 1
+        sent = False
+        try:
+            wait = await self._transact(join)
+            while wait > 0:
+                await self._wakeup.sleep(min(wait, self.heartbeat))
+                wait = await self._transact(poll)
+            sent = True
+            return time.monotonic() - started
+        finally:
+            self.waiting -= 1
+            if not sent:
+                # Leave without waiting for it: a cancelled caller must not be held up.
+                # If this fails (or the process dies first), the ticket expires by itself.
+                leaving = asyncio.ensure_future(self._leave(ident))
+                self._leaving.add(leaving)
+                leaving.add_done_callback(self._leaving.discard)
+            self._wakeup.notify()
+
+    async def _leave(self, ident: str) -> None:
+        def leave(state: QueueState, now: float) -> None:
+            fair_queue.leave(state, ident)
+
+        with contextlib.suppress(Exception):
+            await self._transact(leave)
+        self._wakeup.notify()
+
+    async def cool_down(self, seconds: float) -> None:
+        def cool(state: QueueState, now: float) -> None:
+            fair_queue.cool_down(state, now + seconds)
+
+        await self._transact(cool)
+
+    def queue_depth(self) -> int:
+        return self.waiting
+
+
+class MemoryRateLimiter:
+    def __init__(
+        self, *, limit: int, period: float, margin: float = 0.0, max_wait: float = 60.0
+    ) -> None:
+        self.interval = (period + margin) / limit
+        self.limiter = AsyncLimiter(1, self.interval)
+        self.max_wait = max_wait
+        self.cooldown_until = 0.0  # time.monotonic()
+        self._state = QueueState()
+        self._futures: dict[str, asyncio.Future[None]] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
+        started = time.monotonic()
+        expected = max(self.cooldown_until - started, 0.0) + len(self._futures) * self.interval
+        if expected > self.max_wait:
+            raise QueueFull(expected, self.max_wait)
+        ident = uuid.uuid4().hex
+        self._state.seq += 1
+        self._state.tickets[ident] = Waiting(
+            ticket.caller, ticket.priority, self._state.seq, 0.0, started
+        )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures[ident] = future
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.ensure_future(self._dispatch())
+        try:
+            await future
+        finally:
+            self._futures.pop(ident, None)
+            self._state.tickets.pop(ident, None)
+        return time.monotonic() - started
+
+    async def _dispatch(self) -> None:
+        while self._futures:
+            pause = self.cooldown_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
+            await self.limiter.acquire()
+            if time.monotonic() < self.cooldown_until:
+                continue  # a cool-down began while we waited for the token: it voids it
+            for ident in fair_queue.fair_order(self._state):
+                future = self._futures.get(ident)
+                if future is not None and not future.done():
+                    caller = self._state.tickets[ident].caller
+                    self._state.served[caller] = time.monotonic()
+                    future.set_result(None)
+                    break
+
+    async def cool_down(self, seconds: float) -> None:
+        self.cooldown_until = max(self.cooldown_until, time.monotonic() + seconds)
+
+    def queue_depth(self) -> int:
+        return len(self._futures)
+
+
+class FallbackLimiter:
+    """`primary` (shared through the folder) while it works; else `fallback`."""
+
+    def __init__(self, primary: RateLimiter, fallback: RateLimiter, where: str) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.where = where
+        self._logged_at = 0.0
+
+    def _degraded(self, exc: CoordinationError) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= FALLBACK_LOG_SECONDS:
+            self._logged_at = now
+            log.error(
+                "cache folder %s: the shared rate limit cannot be written (%s); this worker "
+                "paces itself at its share of the limit until the folder can be written again",
+                self.where, exc,
+            )  # fmt: skip
+
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
+        try:
+            return await self.primary.acquire(ticket)
+        except CoordinationError as exc:
+            self._degraded(exc)
+            return await self.fallback.acquire(ticket)
+
+    async def cool_down(self, seconds: float) -> None:
+        await self.fallback.cool_down(seconds)
+        try:
+            await self.primary.cool_down(seconds)
+        except CoordinationError as exc:
+            self._degraded(exc)
+
+    def queue_depth(self) -> int:
+        return self.primary.queue_depth() + self.fallback.queue_depth()

@@ -1,0 +1,156 @@
+"""What the cache holds, as plain values: no I/O, no HTTP.
+
+    Artifact   one image: bytes, seed, finish reason, media type, SHA-256
+    EntryMeta  everything known about a stored entry except the image bytes
+    Entry      EntryMeta + its artifacts
+
+An entry is identified by its key (the request's hash) and, for each stored version of it, a
+`version` token: every put makes a new version, and every consumer (the memory tier, the
+fetch path's "has someone stored this since I looked?", the shared index of several
+replicas) compares versions, never timestamps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Source = Literal["upstream", "offline"]
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    """One generated image. Compared by identity: a 2.6 MB image is never compared by value.
+
+    `sha256` is computed once, when the artifact is made from fresh bytes, and passed in
+    when it is read back from storage (where it has just been verified).
+    """
+
+    data: bytes
+    seed: int
+    finish_reason: str = "SUCCESS"
+    media_type: str = "image/png"
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """An artifact as the index records it (no bytes: those live in the blob store)."""
+
+    sha256: str
+    bytes: int
+    seed: int
+    finish_reason: str
+    media_type: str
+
+    @classmethod
+    def of(cls, artifact: Artifact) -> ArtifactInfo:
+        return cls(
+            artifact.sha256,
+            len(artifact.data),
+            artifact.seed,
+            artifact.finish_reason,
+            artifact.media_type,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "seed": self.seed,
+            "finish_reason": self.finish_reason,
+            "media_type": self.media_type,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactInfo:
+        return cls(
+            str(data["sha256"]),
+            int(data["bytes"]),
+            int(data["seed"]),
+            str(data["finish_reason"]),
+            str(data["media_type"]),
+        )
+
+
+@dataclass(frozen=True)
+class EntryMeta:
+    """A stored entry's metadata. `summary` is what the route said about the request
+    (route, engine, prompts, size, parameters...), shown by inspection as it is."""
+
+    key: str
+    version: str
+    created_at: float
+    artifacts: tuple[ArtifactInfo, ...]
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    source: Source = "upstream"
+    expires_at: float | None = None
+    hits: int = 0
+    last_hit_at: float | None = None
+
+    @property
+    def route(self) -> str:
+        return str(self.summary.get("route", ""))
+
+    @property
+    def engine(self) -> str:
+        return str(self.summary.get("engine", ""))
+
+    @property
+    def bytes(self) -> int:
+        return sum(a.bytes for a in self.artifacts)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def public(self) -> dict[str, Any]:
+        """What people and scripts see (inspection API, CLI): the summary's fields beside
+        the entry's own. Nothing here is secret: credentials never enter an entry."""
+        return {
+            **self.summary,
+            "key": self.key,
+            "version": self.version,
+            "source": self.source,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "bytes": self.bytes,
+            "artifacts": [a.as_dict() for a in self.artifacts],
+            "hits": self.hits,
+            "last_hit_at": self.last_hit_at,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    meta: EntryMeta
+    artifacts: Sequence[Artifact]
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(a.data) for a in self.artifacts)
+
+
+def prompt_text(summary: Mapping[str, Any]) -> str:
+    """The positive prompts of an entry, one searchable string (negative ones are left out:
+    people search for what is in the picture)."""
+    prompts = summary.get("prompts") or []
+    texts = [
+        str(p.get("text", ""))
+        for p in prompts
+        if isinstance(p, Mapping) and float(p.get("weight", 1) or 0) >= 0
+    ]
+    return " | ".join(t for t in texts if t)

@@ -1,0 +1,59 @@
+"""What the cache holds and what it saved: one summary for the inspection API and the CLI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cache.interfaces import EntryStore
+from gateway.counters import EVENTS
+
+
+def summarise(totals_entries: int, image_bytes: int, disk_bytes: int,
+              counts: Mapping[str, int]) -> dict[str, Any]:  # fmt: skip
+    """Entries, bytes and counters, and the hit ratio: the share of requests answered
+    without an upstream call of their own (hits and coalesced requests, over those plus
+    misses)."""
+    out: dict[str, Any] = {
+        "entries": totals_entries,
+        "bytes": image_bytes,
+        "disk_bytes": disk_bytes,
+    }
+    for name in sorted({*EVENTS, *counts}):
+        out[name] = int(counts.get(name, 0))
+    saved = out["hits"] + out["coalesced"]
+    asked = saved + out["misses"]
+    out["hit_ratio"] = round(saved / asked, 4) if asked else 0.0
+    return out
+
+
+async def cache_stats(entries: EntryStore, counts: Mapping[str, int]) -> dict[str, Any]:
+    totals = await entries.totals()
+    return summarise(totals.entries, totals.bytes, totals.disk_bytes, counts)
+
+
+MIN_PREFIX = 8
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class KeyNotFound(LookupError):
+    """No entry, or no single entry, answers to the key or prefix given."""
+
+
+async def find_key(entries: EntryStore, given: str) -> str:
+    """A full key, or the one key a prefix of 8+ hex characters names (as `cache ls`
+    prints them); KeyNotFound saying whether none or several matched."""
+    given = given.strip().lower()
+    if not _HEX.fullmatch(given):
+        raise KeyNotFound(f"{given[:70]!r} is not a cache key (64 hex characters, or a prefix)")
+    if len(given) == 64:
+        return given
+    if len(given) < MIN_PREFIX:
+        raise KeyNotFound(f"a key prefix needs at least {MIN_PREFIX} hex characters: {given!r}")
+    matches = await entries.resolve(given, limit=2)
+    if not matches:
+        raise KeyNotFound(f"no cache entry has a key starting {given!r}")
+    if len(matches) > 1:
+        raise KeyNotFound(f"more than one entry has a key starting {given!r}: give more of it")
+    return matches[0]

@@ -1,0 +1,154 @@
+"""The Coordinator contract: leases, records, counters and the shared rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from cache.interfaces import Coordinator, QueueFull, Ticket
+from tests.contract.conftest import CoordinatorFactory
+from tests.fakes.stability import count_max_in_window
+
+pytestmark = pytest.mark.anyio
+
+
+class TestLeases:
+    async def test_one_holder_at_a_time(self, open_coordinator: CoordinatorFactory) -> None:
+        a, b = open_coordinator(), open_coordinator()
+        assert await a.acquire_lease("k", "ta", 30)
+        assert not await b.acquire_lease("k", "tb", 30)
+        await b.release_lease("k", "tb")  # not the holder: nothing happens
+        assert not await b.acquire_lease("k", "tb", 30)
+        await a.release_lease("k", "ta")
+        assert await b.acquire_lease("k", "tb", 30)
+
+    async def test_expiry_and_renewal(self, coordinator: Coordinator) -> None:
+        assert await coordinator.acquire_lease("k", "t1", 0.3)
+        assert await coordinator.renew_lease("k", "t1", 0.3)
+        await asyncio.sleep(0.5)
+        assert not await coordinator.renew_lease("k", "t1", 0.3)  # expired: lost
+        assert await coordinator.acquire_lease("k", "t2", 30)
+        await coordinator.release_lease("k", "t1")  # late: must not free the new holder's
+        assert not await coordinator.acquire_lease("k", "t3", 30)
+
+    async def test_wait_released(self, coordinator: Coordinator) -> None:
+        await coordinator.wait_released("free", 5)  # nobody holds it: at once
+        assert await coordinator.acquire_lease("k", "t", 30)
+        started = time.monotonic()
+        await coordinator.wait_released("k", 0.2)  # still held: gives up at the timeout
+        assert time.monotonic() - started >= 0.2
+
+        async def release_soon() -> None:
+            await asyncio.sleep(0.1)
+            await coordinator.release_lease("k", "t")
+
+        task = asyncio.ensure_future(release_soon())
+        started = time.monotonic()
+        await coordinator.wait_released("k", 30)
+        await task
+        assert time.monotonic() - started < 10  # woke on the release, not the timeout
+
+
+class TestRecordsAndCounters:
+    async def test_records_expire(self, coordinator: Coordinator) -> None:
+        await coordinator.remember("job", "j1", {"key": "k"}, 0.3)
+        assert await coordinator.recall("job", "j1") == {"key": "k"}
+        assert await coordinator.recall("job", "other") is None
+        await asyncio.sleep(0.5)
+        assert await coordinator.recall("job", "j1") is None
+
+    async def test_counters_from_two_workers_add_up(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        a, b = open_coordinator(), open_coordinator()
+        await a.add_counts({"misses": 1, "hits": 2})
+        await b.add_counts({"misses": 4})
+        counts = await a.counts()
+        assert counts["misses"] == 5 and counts["hits"] == 2
+
+
+class TestRateLimit:
+    async def test_no_window_holds_more_than_the_limit(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        """Two workers' limiters on one backend: 14 sends at 4 per 0.4 s. The limit holds for
+        the send times the limiter records; the margin (as in production) absorbs the few
+        milliseconds between that and when a caller observes its turn."""
+        a, b = (open_coordinator(limit=4, period=0.4, margin=0.05) for _ in range(2))
+        sent: list[float] = []
+
+        async def send(limiter: Coordinator) -> None:
+            await limiter.limiter.acquire()
+            sent.append(time.time())
+
+        await asyncio.gather(*(send(a if i % 2 else b) for i in range(14)))
+        assert len(sent) == 14 and count_max_in_window(sent, 0.4) <= 4
+
+    async def test_first_come_first_served_per_caller(self, coordinator: Coordinator) -> None:
+        limited = coordinator  # 100 per second: order, not waiting, is what is checked
+        order: list[int] = []
+
+        async def send(i: int) -> None:
+            await limited.limiter.acquire(Ticket("same"))
+            order.append(i)
+
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.ensure_future(send(i)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        assert order == list(range(8))
+
+    async def test_a_queue_too_long_is_refused_and_keeps_nothing(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        coordinator = open_coordinator(limit=2, period=10.0, max_wait=5.0)
+        await coordinator.limiter.acquire()
+        await coordinator.limiter.acquire()
+        with pytest.raises(QueueFull) as caught:
+            await coordinator.limiter.acquire()
+        assert caught.value.wait == pytest.approx(10.0, abs=0.5)
+        assert coordinator.limiter.queue_depth() == 0
+
+    async def test_a_cool_down_holds_everyone(self, open_coordinator: CoordinatorFactory) -> None:
+        coordinator = open_coordinator(limit=100, period=1.0, max_wait=0.5)
+        await coordinator.limiter.cool_down(5)
+        with pytest.raises(QueueFull) as caught:
+            await coordinator.limiter.acquire()
+        assert caught.value.wait >= 4
+
+    async def test_interactive_before_batch_and_callers_in_turn(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        coordinator = open_coordinator(limit=1, period=0.15)
+        order: list[str] = []
+
+        async def send(name: str, ticket: Ticket) -> None:
+            await coordinator.limiter.acquire(ticket)
+            order.append(name)
+
+        batch = Ticket("batch-job", "batch")
+        tasks = [asyncio.ensure_future(send(f"b{i}", batch)) for i in range(5)]
+        await asyncio.sleep(0.05)  # b0 has sent; b1..b4 wait
+        tasks.append(asyncio.ensure_future(send("dev", Ticket("dev", "interactive"))))
+        await asyncio.gather(*tasks)
+        assert order[0] == "b0" and order[1] == "dev"
+        assert [n for n in order if n.startswith("b")] == [f"b{i}" for i in range(5)]
+
+    async def test_round_robin_within_a_priority(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        coordinator = open_coordinator(limit=1, period=0.1)
+        order: list[str] = []
+
+        async def send(caller: str) -> None:
+            await coordinator.limiter.acquire(Ticket(caller))
+            order.append(caller)
+
+        tasks = [asyncio.ensure_future(send("a")) for _ in range(4)]
+        await asyncio.sleep(0.03)
+        tasks += [asyncio.ensure_future(send("b")) for _ in range(2)]
+        await asyncio.gather(*tasks)
+        assert order == ["a", "b", "a", "b", "a", "a"]

@@ -1,0 +1,110 @@
+"""What only the local backend (cache folder: SQLite index, diskcache blobs) must get
+right: damaged bytes, failed writes, the size limit, and opening a bad folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cache.interfaces import EntryQuery, StoreError
+from cache.local import LocalEntryStore
+from cache.model import Artifact
+from gateway.backends import BackendError, open_backends
+from gateway.config import Settings
+
+pytestmark = pytest.mark.anyio
+BIG = bytes(range(256)) * 200  # 51 KiB: a file of its own
+
+
+async def test_a_tampered_blob_is_a_miss_and_the_entry_is_removed(tmp_path: Path) -> None:
+    store = LocalEntryStore(tmp_path)
+    await store.put("k1", [Artifact(BIG, 7)], {})
+    files = store.blobs.files()
+    assert len(files) == 1
+    files[0].write_bytes(b"garbage")
+    assert await store.get("k1") is None and await store.get_meta("k1") is None
+    assert (await store.totals()).entries == 0
+    await store.close()
+
+
+async def test_a_missing_blob_is_a_miss(tmp_path: Path) -> None:
+    store = LocalEntryStore(tmp_path)
+    meta = await store.put("k1", [Artifact(BIG, 7)], {})
+    store.blobs.delete_sync(meta.artifacts[0].sha256)
+    assert await store.get("k1") is None
+    await store.close()
+
+
+async def test_replacing_an_entry_leaves_one_blob(tmp_path: Path) -> None:
+    store = LocalEntryStore(tmp_path)
+    for i in range(5):
+        await store.put("k1", [Artifact(BIG + bytes([i]), 7)], {})
+    assert len(store.blobs.files()) == 1
+    await store.close()
+
+
+async def test_a_failed_index_write_leaves_no_orphan_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalEntryStore(tmp_path)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr("cache.local.index.Index.insert", staticmethod(full))
+    with pytest.raises(StoreError) as caught:
+        await store.put("k1", [Artifact(BIG, 7)], {})
+    assert "disk is full" in str(caught.value) and caught.value.where == str(tmp_path)
+    assert store.blobs.files() == [] and not store.ready_for(1)
+    monkeypatch.undo()
+    await store.put("k1", [Artifact(BIG, 7)], {})  # recovers by itself
+    assert store.ready_for(1) and (await store.totals()).entries == 1
+    await store.close()
+
+
+async def test_a_blob_write_that_fails_halfway_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalEntryStore(tmp_path)
+    disk = store.blobs.cache.disk
+    real_write = disk._write
+
+    def write_half(full_path: str, iterator: object, mode: str, encoding: str | None = None) -> int:
+        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        with open(full_path, "xb") as out:
+            out.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk, "_write", write_half)
+    with pytest.raises(StoreError):
+        await store.put("k1", [Artifact(BIG, 7)], {})
+    assert store.blobs.files() == []
+    monkeypatch.setattr(disk, "_write", real_write)
+    await store.close()
+
+
+async def test_the_oldest_entries_go_beyond_the_size_limit(tmp_path: Path) -> None:
+    store = LocalEntryStore(tmp_path, size_limit=3 * (len(BIG) + 1))
+    for i in range(5):
+        await store.put(f"k{i}", [Artifact(BIG + bytes([i]), i)], {})
+    totals = await store.totals()
+    assert totals.entries == 3 and totals.bytes <= 3 * len(BIG) + 3
+    page = await store.list(EntryQuery())
+    assert [m.key for m in page.entries] == ["k4", "k3", "k2"]
+    assert len(store.blobs.files()) == 3  # evicted entries' bytes are gone too
+    await store.close()
+
+
+def test_a_corrupt_index_is_one_clear_error(tmp_path: Path, settings: Settings) -> None:
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "index.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(BackendError) as caught:
+        open_backends(settings.replace(cache={"dir": str(folder)}))
+    message = str(caught.value)
+    assert str(folder) in message and "STABILITY_GATEWAY_CACHE_DIR" in message
+    assert "\n" not in message
