@@ -129,7 +129,7 @@ def create_app(
                 f"{request.method} is not allowed on {request.url.path}",
                 name="method_not_allowed",
                 status=405,
-            ).response(v2=v2)
+            ).response(v2=v2, headers=exc.headers)  # Allow, which RFC 9110 requires
         return NotFound(f"no such route: {request.method} {request.url.path}").response(v2=v2)
 
     async def gateway_error(request: Request, exc: Exception) -> Response:

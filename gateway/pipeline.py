@@ -28,7 +28,7 @@ from cache.store import Artifact, DiskStore, Entry
 from gateway.config import Settings
 from gateway.errors import GatewayError, GatewayTimeout, UpstreamError
 from gateway.generation import Generation, RouteSpec
-from gateway.images import check_image
+from gateway.images import check_decodes, check_image
 from gateway.jobs import JobBook, job_id
 from gateway.policy import Action, Controls, Decision, decide
 from gateway.singleflight import DiskLease, Flight, SingleFlight
@@ -310,6 +310,7 @@ class Pipeline:
             artifacts = self._decode(spec, response, generation)
             if lease is not None and all(a.finish_reason == "SUCCESS" for a in artifacts):
                 meta = {**generation.summary, "source": "upstream"}
+                check_decodes(*(a.data for a in artifacts))  # never store what cannot open
                 self.store.put(Entry(generation.key, artifacts, meta))
             elif lease is not None:
                 log.warning(

@@ -33,9 +33,9 @@ from cache.store import Artifact, DiskStore, Entry
 from gateway.config import Settings
 from gateway.errors import GatewayError, GatewayTimeout
 from gateway.generation import UpstreamRequest
-from gateway.images import check_image
+from gateway.images import check_decodes, check_image
 from gateway.jobs import Job, JobBook, job_id
-from gateway.routes.common import wants_json_v2
+from gateway.routes.common import result_id, wants_json_v2
 from gateway.routes.stable_image import decode_v2, render_v2
 from gateway.upstream import UpstreamClient
 
@@ -43,26 +43,30 @@ ENGINES_TTL_SECONDS = 60.0
 MAX_ENGINE_LISTS = 256  # distinct credentials whose engine list is held in memory
 # Upstream headers worth passing back with an answer; hop-by-hop and length are not.
 KEPT_HEADERS = ("content-type", "retry-after", "x-request-id", "finish-reason", "seed")
-OFFLINE_ENGINES = [
-    {
-        "id": "stable-diffusion-xl-1024-v1-0",
-        "name": "Stable Diffusion XL 1.0",
-        "description": "Stable Diffusion XL v1.0",
-        "type": "PICTURE",
-    },
-    {
-        "id": "stable-diffusion-v1-6",
-        "name": "Stable Diffusion 1.6",
-        "description": "Stable Diffusion v1.6",
-        "type": "PICTURE",
-    },
-    {
-        "id": "esrgan-v1-x2plus",
-        "name": "Real-ESRGAN x2",
-        "description": "Real-ESRGAN x2 upscaler",
-        "type": "PICTURE",
-    },
-]
+# Display names for the engines offline mode lists (which engines: `[gateway] engines`).
+ENGINE_NAMES: dict[str, tuple[str, str]] = {
+    "stable-diffusion-xl-1024-v1-0": ("Stable Diffusion XL 1.0", "Stable Diffusion XL v1.0"),
+    "stable-diffusion-v1-6": ("Stable Diffusion 1.6", "Stable Diffusion v1.6"),
+    "esrgan-v1-x2plus": ("Real-ESRGAN x2", "Real-ESRGAN x2 upscaler"),
+    "stable-diffusion-x4-latent-upscaler": (
+        "Stable Diffusion x4 Latent Upscaler",
+        "Stable Diffusion x4 latent upscaler",
+    ),
+}
+
+
+def offline_engines(engines: tuple[str, ...]) -> list[dict[str, str]]:
+    """/v1/engines/list without an upstream: the engines the gateway knows, in Stability's
+    shape."""
+    return [
+        {
+            "id": engine,
+            "name": ENGINE_NAMES.get(engine, (engine, engine))[0],
+            "description": ENGINE_NAMES.get(engine, (engine, engine))[1],
+            "type": "PICTURE",
+        }
+        for engine in engines
+    ]
 
 
 def forward(response: httpx.Response, headers: dict[str, str]) -> Response:
@@ -85,6 +89,7 @@ class AccountPassThrough:
         self, settings: Settings, upstream: UpstreamClient | None, ttl: float = ENGINES_TTL_SECONDS
     ) -> None:
         self.mode = settings.mode
+        self.known_engines = settings.gateway.engines
         self.upstream = upstream
         self.ttl = ttl
         self._engines: OrderedDict[str, _Held] = OrderedDict()
@@ -106,7 +111,7 @@ class AccountPassThrough:
 
     async def engines(self, request: Request) -> Response:
         if self.upstream is None:
-            return JSONResponse(OFFLINE_ENGINES, headers={"X-Cache": "OFFLINE"})
+            return JSONResponse(offline_engines(self.known_engines), headers={"X-Cache": "OFFLINE"})
         caller = dict(request.headers)
         credential = self._credential(caller)
         held = self._engines.get(credential)
@@ -158,7 +163,7 @@ class Results:
 
     async def results(self, request: Request) -> Response:
         try:
-            return await self._results(request, request.path_params["id"])
+            return await self._results(request, result_id(request))
         except GatewayError as exc:
             return exc.response(v2=True)
 
@@ -201,5 +206,6 @@ class Results:
                 formats=generation.expected_formats,
             )
         if all(a.finish_reason == "SUCCESS" for a in artifacts):
+            check_decodes(*(a.data for a in artifacts))
             self.store.put(Entry(job.key, artifacts, {**job.summary, "source": "upstream"}))
         return artifacts
