@@ -41,6 +41,7 @@ from gateway.upstream import UpstreamClient
 log = logging.getLogger("gateway")
 
 SETTLE_SECONDS = 5.0  # the most an inspection request waits for stores still under way
+SHUTDOWN_SETTLE_SECONDS = 30.0
 
 
 def create_app(
@@ -121,6 +122,8 @@ def create_app(
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            if fetcher is not None:  # images answered but still being stored
+                await fetcher.flights.settled(SHUTDOWN_SETTLE_SECONDS)
             await counters.flush()
             if upstream is not None:
                 await upstream.aclose()

@@ -23,6 +23,17 @@ class ConfigError(ValueError):
     """A setting is missing, misspelt or out of range; raised before the server starts."""
 
 
+# The v1 engines Stability documents (its engines list, and the upscale route's engine ids):
+# offline and replay modes answer 404 for any other engine, as Stability would, and list
+# these at /v1/engines/list. This is the one list; `[gateway] engines` replaces it.
+V1_ENGINES: tuple[str, ...] = (
+    "stable-diffusion-xl-1024-v1-0",
+    "stable-diffusion-v1-6",
+    "esrgan-v1-x2plus",
+    "stable-diffusion-x4-latent-upscaler",
+)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     mode: str = ""
@@ -32,6 +43,7 @@ class GatewaySettings:
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
     workers: int = 1
+    engines: tuple[str, ...] = V1_ENGINES
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_WORKERS": ("gateway", "workers", int),
     "STABILITY_GATEWAY_RETRY_READ_TIMEOUTS": ("retry", "retry_read_timeouts", bool),
     "STABILITY_GATEWAY_LEASE_SECONDS": ("timeouts", "lease_seconds", float),
+    "STABILITY_GATEWAY_ENGINES": ("gateway", "engines", tuple),
 }
 
 _SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin")
@@ -166,6 +179,11 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
         if text in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is tuple:  # a TOML array of strings, or a comma-separated environment variable
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(item.strip() for item in items if item.strip())
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError

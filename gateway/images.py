@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
 
 from PIL import Image
 
 from gateway.errors import UpstreamError
+
+log = logging.getLogger("gateway.images")
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
@@ -47,12 +50,22 @@ def check_image(
     return size
 
 
-def check_decodes(data: bytes) -> None:
-    """Decode every pixel (Pillow `load()`): a PNG whose chunk CRCs are right can still
-    carry pixel data that does not inflate. Run before an image is stored, off the
-    answer's path; `check_image`'s CRC walk is the fast check on it."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as exc:  # Pillow raises many types for bad data
-        raise UpstreamError(f"upstream sent an image that does not decode ({exc})") from exc
+def check_decodes(*images: bytes) -> None:
+    """Decode every image in full (Pillow `load()`), for use before an answer is stored.
+
+    `check_image` verifies a PNG's chunk CRCs only, which an upstream can satisfy with pixel
+    data that is not a valid zlib stream: such an image would be cached, and served forever,
+    although nothing can open it. Decoding costs about 20 times the CRC walk (14 ms for a
+    2.6 MB 1344x768 PNG), so it runs only where an answer is about to be kept; an image that
+    does not decode is not a usable answer at all, hence UpstreamError (502), not a pass.
+    Call it after `check_image` (which bounds the size and the pixel count's source).
+    """
+    for index, data in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception as exc:  # Pillow raises many types for bad data
+            log.error("not caching an upstream image that does not decode (%s)", exc)
+            raise UpstreamError(
+                f"upstream sent an image that does not decode (image {index + 1}: {exc})"
+            ) from exc

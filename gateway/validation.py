@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,20 @@ SDXL_V1_ENGINES = frozenset({"stable-diffusion-xl-1024-v1-0", "stable-diffusion-
 
 MAX_SEED = 4_294_967_295
 MAX_PROMPT_CHARS = 2000
+# Prompts per request. Stability sets no number, but every prompt is stored with the entry
+# (and a multipart body holds at most 200 fields: 100 text/weight pairs), so the JSON route
+# gets the same bound rather than letting a 10 MiB body of prompts into the cache metadata.
+MAX_PROMPTS = 100
+# `extras` is an object passed upstream as sent and stored with the entry: bounded in its
+# encoded size (its depth is bounded with the whole body's, see routes.common).
+MAX_EXTRAS_BYTES = 64 * 1024
+# The top-level fields of the v1 text-to-image body, as Stability documents them
+# (TextToImageRequestBody: text_prompts, height, width, and GenerationRequestOptionalParams).
+TEXT_TO_IMAGE_FIELDS = (
+    "text_prompts", "height", "width", "cfg_scale", "clip_guidance_preset", "sampler",
+    "samples", "seed", "steps", "style_preset", "extras",
+)  # fmt: skip
+PROMPTS_SHAPE = "a list of {text, weight} objects"
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class Rule:
     max_length: int | None = None
     error: str = "bad_request"
     required: bool = False  # absent, null or "" is refused
+    why: str = ""  # said with every refusal, when the bounds need explaining
 
 
 TEXT_TO_IMAGE_RULES: Mapping[str, Rule] = {
@@ -79,7 +95,8 @@ def _is_int(value: Any) -> bool:
 
 def check_value(name: str, value: Any, rule: Rule) -> None:
     def fail(why: str) -> None:
-        raise BadRequest(f"{name}: {why}", name=rule.error)
+        reason = f" ({rule.why})" if rule.why else ""
+        raise BadRequest(f"{name}: {why}{reason}", name=rule.error)
 
     if rule.kind == "int" and not _is_int(value):
         fail(f"expected an integer, got {value!r}")
@@ -110,13 +127,58 @@ def check_fields(params: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
             check_value(name, value, rule)
 
 
+def check_known_fields(body: Mapping[str, Any], known: Sequence[str]) -> None:
+    """Refuse fields the route does not take, naming them, as Stability does: an unknown field
+    would otherwise be paid for, forwarded and stored with the entry, unbounded."""
+    unknown = [name for name in body if name not in known]
+    if unknown:
+        names = ", ".join(repr(name[:40]) for name in unknown[:10])
+        raise BadRequest(
+            f"unknown field(s) {names}; this route takes {', '.join(known)}", name="bad_request"
+        )
+
+
+def check_extras(extras: Any) -> None:
+    """`extras` goes upstream as sent and is stored with the entry: at most MAX_EXTRAS_BYTES."""
+    if extras is None:
+        return
+    size = len(json.dumps(extras, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_EXTRAS_BYTES:
+        raise BadRequest(f"extras: {size} bytes encoded, over the {MAX_EXTRAS_BYTES} byte limit")
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in the words of JSON rather than Python."""
+    kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (dict, "an object"))
+    return next((word for kind, word in kinds if isinstance(value, kind)), "null")
+
+
 def check_text_prompts(prompts: Any) -> None:
-    if not isinstance(prompts, list) or not prompts:
-        raise BadRequest("text_prompts: at least one prompt is required", name="invalid_prompts")
+    """The v1 prompts: a non-empty list of {text, weight} objects, checked as Stability does."""
+    if not isinstance(prompts, list):
+        raise BadRequest(
+            f"text_prompts: required, and must be {PROMPTS_SHAPE}, e.g. "
+            f'[{{"text": "a cat", "weight": 1}}]; got {_json_kind(prompts)}',
+            name="invalid_prompts",
+        )
+    if not prompts:
+        raise BadRequest(
+            f"text_prompts: at least one prompt is required ({PROMPTS_SHAPE})",
+            name="invalid_prompts",
+        )
+    if len(prompts) > MAX_PROMPTS:
+        raise BadRequest(
+            f"text_prompts: at most {MAX_PROMPTS} prompts, got {len(prompts)}",
+            name="invalid_prompts",
+        )
     for i, prompt in enumerate(prompts):
         where = f"text_prompts[{i}]"
         if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str):
-            raise BadRequest(f"{where}: expected an object with a text", name="invalid_prompts")
+            raise BadRequest(
+                f"{where}: expected a {{text, weight}} object with a string text, "
+                f"got {_json_kind(prompt)}",
+                name="invalid_prompts",
+            )
         text = prompt["text"]
         if not text.strip():
             raise BadRequest(f"{where}.text: must not be empty", name="invalid_prompts")
@@ -149,6 +211,9 @@ def check_engine_dimensions(engine: str, width: Any, height: Any) -> None:
 
 MAX_V2_SEED = 4_294_967_294
 MAX_V2_PROMPT_CHARS = 10_000
+# Text fields a table does not know go upstream as sent and into the key and the entry's
+# metadata; each is bounded like the longest documented text field (a v2beta prompt).
+MAX_EXTRA_FIELD_CHARS = MAX_V2_PROMPT_CHARS
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 V1_UPSCALE_MIN_SIDE = 512
 V1_UPSCALE_MAX_PIXELS = 4_194_304  # 2048x2048, or 4096x1024
@@ -177,8 +242,11 @@ MAX_NUMBER_CHARS = 40
 # Uploads larger than this are refused before decoding unless a rule says otherwise
 # (Stability's own inputs top out around 9.4 megapixels).
 MAX_UPLOAD_PIXELS = 4096 * 4096
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_PROMPT_FIELD = re.compile(r"text_prompts\[(\d+)\]\[(text|weight)\]")
+# ASCII digits only: `\d` also matches other scripts' digits ("\u0667" is 7 to int()), which
+# would put 7 in the key while the raw text went upstream.
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_PROMPT_FIELD = re.compile(r"text_prompts\[([0-9]+)\]\[(text|weight)\]")
+_BLANKS = " \t\r\n"  # what parse_number trims (str.strip() would trim any Unicode space)
 
 
 @dataclass(frozen=True)
@@ -243,7 +311,7 @@ class CheckedForm:
 
 def parse_number(name: str, raw: str, rule: Rule) -> int | float:
     """A form value the API defines as a number; "7", "7.0" and "7e0" are all 7 later."""
-    text = raw.strip()
+    text = raw.strip(_BLANKS)
     # Length first: int() refuses over 4300 digits with a ValueError, and no API number
     # needs more than a few dozen characters.
     if len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
@@ -355,8 +423,19 @@ def check_form(
             raise BadRequest(f"{name}: unexpected file upload (this route takes {takes})")
     uploads = {name: data for name, data in files.items() if name in table.files}
     prompts = form_text_prompts(fields) if table.text_prompts != "none" else {}
+    for name, raw in fields.items():
+        documented = name in table.fields or (bool(prompts) and name.startswith("text_prompts"))
+        if not documented and len(raw) > MAX_EXTRA_FIELD_CHARS:
+            raise BadRequest(
+                f"{name[:40]}: {len(raw)} characters, over the {MAX_EXTRA_FIELD_CHARS} "
+                "allowed for a field this route does not document"
+            )
     if table.text_prompts == "required" and not prompts:
-        check_text_prompts(None)  # raises invalid_prompts
+        raise BadRequest(
+            "text_prompts: at least one prompt is required, as text_prompts[0][text] "
+            "(and text_prompts[0][weight], 1 if absent)",
+            name="invalid_prompts",
+        )
     plain = {k: v for k, v in fields.items() if not (prompts and k.startswith("text_prompts"))}
     params: dict[str, Any] = {**coerce_form(plain, table.fields), **prompts}
     present: dict[str, Any] = {**params, **dict.fromkeys(uploads, True)}
@@ -442,9 +521,14 @@ V1_IMAGE_TO_IMAGE_SDXL = dataclasses.replace(
 V1_MASKING_SDXL = dataclasses.replace(
     V1_MASKING, files={**V1_MASKING.files, "init_image": _SDXL_INIT_IMAGE}
 )
+# Upscale and v2beta routes answer one image; Stability documents no `samples` for them. A
+# caller's `samples` other than 1 would be paid for and then fail (one image for two asked),
+# so it is refused up front; `samples=1` says nothing and is accepted.
+ONE_SAMPLE = Rule("int", 1, 1, error="invalid_samples", why="this route answers one image")
 _V1_UPSCALE_SIZE = {
     "width": Rule("int", V1_UPSCALE_MIN_SIDE, error="invalid_height_or_width"),
     "height": Rule("int", V1_UPSCALE_MIN_SIDE, error="invalid_height_or_width"),
+    "samples": ONE_SAMPLE,
 }
 V1_UPSCALE_ESRGAN = FormTable(
     fields=_V1_UPSCALE_SIZE,
@@ -493,9 +577,11 @@ _ASPECT = Rule("string", choices=tuple(V2_ASPECT_SIZES))
 _INPUT_IMAGE = FileRule(required=True, min_side=64)
 _GENERATE_DEFAULTS: Mapping[str, Any] = {"aspect_ratio": "1:1", "output_format": "png", "seed": 0}
 _EDIT_DEFAULTS: Mapping[str, Any] = {"output_format": "png", "seed": 0}
+_V2_SAMPLES: Mapping[str, Rule] = {"samples": ONE_SAMPLE}
 
 V2_CORE = FormTable(
     fields={
+        **_V2_SAMPLES,
         "prompt": _PROMPT,
         "negative_prompt": _OPTIONAL_PROMPT,
         "aspect_ratio": _ASPECT,
@@ -513,6 +599,7 @@ V2_ULTRA = FormTable(
 )
 V2_SD3 = FormTable(
     fields={
+        **_V2_SAMPLES,
         "prompt": _PROMPT,
         "mode": Rule("string", choices=SD3_MODES),
         "strength": Rule("number", 0, 1),
@@ -534,12 +621,13 @@ V2_SD3 = FormTable(
     ),
 )
 V2_UPSCALE_FAST = FormTable(
-    fields={"output_format": _FORMAT},
+    fields={**_V2_SAMPLES, "output_format": _FORMAT},
     files={"image": FileRule(required=True, min_side=32, max_pixels=1_048_576)},
     defaults={"output_format": "png"},
 )
 V2_UPSCALE_CONSERVATIVE = FormTable(
     fields={
+        **_V2_SAMPLES,
         "prompt": _PROMPT,
         "negative_prompt": _OPTIONAL_PROMPT,
         "seed": _SEED,
@@ -559,12 +647,18 @@ V2_UPSCALE_CREATIVE = FormTable(
     defaults=_EDIT_DEFAULTS,
 )
 V2_EDIT_ERASE = FormTable(
-    fields={"grow_mask": Rule("number", 0, 20), "seed": _SEED, "output_format": _FORMAT},
+    fields={
+        **_V2_SAMPLES,
+        "grow_mask": Rule("number", 0, 20),
+        "seed": _SEED,
+        "output_format": _FORMAT,
+    },
     files={"image": _INPUT_IMAGE, "mask": FileRule()},
     defaults=_EDIT_DEFAULTS,
 )
 V2_EDIT_INPAINT = FormTable(
     fields={
+        **_V2_SAMPLES,
         "prompt": _PROMPT,
         "negative_prompt": _OPTIONAL_PROMPT,
         "grow_mask": Rule("number", 0, 100),
@@ -577,6 +671,7 @@ V2_EDIT_INPAINT = FormTable(
 )
 V2_EDIT_OUTPAINT = FormTable(
     fields={
+        **_V2_SAMPLES,
         **{side: Rule("int", 0, 2000) for side in ("left", "right", "up", "down")},
         "prompt": _OPTIONAL_PROMPT,
         "creativity": Rule("number", 0, 1),
@@ -590,6 +685,7 @@ V2_EDIT_OUTPAINT = FormTable(
 )
 V2_EDIT_SEARCH_AND_REPLACE = FormTable(
     fields={
+        **_V2_SAMPLES,
         "prompt": _PROMPT,
         "search_prompt": _PROMPT,
         "negative_prompt": _OPTIONAL_PROMPT,
@@ -602,7 +698,7 @@ V2_EDIT_SEARCH_AND_REPLACE = FormTable(
     defaults=_EDIT_DEFAULTS,
 )
 V2_EDIT_REMOVE_BACKGROUND = FormTable(
-    fields={"output_format": Rule("string", choices=("png", "webp"))},
+    fields={**_V2_SAMPLES, "output_format": Rule("string", choices=("png", "webp"))},
     files={"image": _INPUT_IMAGE},
     defaults={"output_format": "png"},
 )

@@ -33,6 +33,7 @@ from tests.fakes import (
     png_bytes,
 )
 from tests.fakes.multipart import Part
+from tests.fakes.stability import UPSCALE_4K_SIDE
 
 API_KEY = "sk-test-SECRET-routes-key-0123456789"
 I2I = "/v1/generation/stable-diffusion-v1-6/image-to-image"
@@ -303,7 +304,7 @@ def test_creative_upscale_job_is_cached_once_finished(
     assert (running.status_code, running.json()) == (202, {"id": job, "status": "in-progress"})
     done = client.get(f"/v2beta/results/{job}", headers=IMAGE)
     assert (done.status_code, done.headers["content-type"]) == (200, "image/png")
-    assert image_size(done.content) == (320, 256)
+    assert image_size(done.content) == (UPSCALE_4K_SIDE, round(UPSCALE_4K_SIDE * 64 / 80))
     # The same request again: answered from the cache, in the job's shape, no new job.
     again = post(client, CREATIVE, parts[::-1], JSON)
     assert (again.status_code, again.headers["x-cache"]) == (200, "HIT")
@@ -445,7 +446,8 @@ def test_offline_job_route_and_account_routes(offline: httpx.Client, fake: FakeS
     started = post(offline, CREATIVE, [("prompt", "p"), ("image", png_file(64, 64, 208))], JSON)
     assert (started.status_code, started.headers["x-cache"]) == (200, "OFFLINE")
     result = offline.get(f"/v2beta/results/{started.json()['id']}", headers=IMAGE)
-    assert result.status_code == 200 and image_size(result.content) == (256, 256)
+    assert result.status_code == 200  # creative upscale answers "4K": 4096 on the long side
+    assert image_size(result.content) == (UPSCALE_4K_SIDE, UPSCALE_4K_SIDE)
     unknown = offline.get("/v2beta/results/" + "a" * 64)
     assert (unknown.status_code, unknown.json()["name"]) == (504, "not_cached")
     assert "errors" in unknown.json()

@@ -14,13 +14,15 @@ the entry meanwhile (then the read is simply retried).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -32,7 +34,10 @@ from cache.model import Artifact, ArtifactInfo, Entry, EntryMeta, Source, prompt
 
 log = logging.getLogger("cache.local")
 
+T = TypeVar("T")
+
 READ_ATTEMPTS = 3
+CLOSE_WAIT_SECONDS = 30.0
 MAX_VERIFIED = 200_000  # digests remembered as checked (about 20 MB at most)
 EVICT_BATCH = 64
 # A put is expected to fail when the folder's file system has less free space than the
@@ -53,6 +58,24 @@ class LocalEntryStore:
         self.blobs = DiskBlobStore(self.directory / "blobs")
         self._verified: set[str] = set()
         self._failing_since: float | None = None
+        # Operations under way in worker threads; close() waits for them, since closing a
+        # SQLite connection another thread is using crashes the process.
+        self._active = 0
+        self._closed = False
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise StoreError("the store is closed", where=self.where)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
 
     # -- health ---------------------------------------------------------------------------
 
@@ -210,21 +233,24 @@ class LocalEntryStore:
 
     # -- the EntryStore protocol ----------------------------------------------------------
 
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def call() -> T:
+            with self._operation(), store_errors(self.where):
+                return fn(*args)
+
+        return await anyio.to_thread.run_sync(call)
+
     async def version(self, key: str) -> str | None:
         # One indexed read of a small row: measured cheaper than a thread hop, so it runs
         # on the event loop (it is on every hit).
-        with store_errors(self.where):
+        with self._operation(), store_errors(self.where):
             return self.index.version(key)
 
     async def get(self, key: str) -> Entry | None:
-        return await anyio.to_thread.run_sync(self._read_checked, key)
-
-    def _read_checked(self, key: str) -> Entry | None:
-        with store_errors(self.where):
-            return self._read(key)
+        return await self._run(self._read, key)
 
     async def get_meta(self, key: str) -> EntryMeta | None:
-        with store_errors(self.where):
+        with self._operation(), store_errors(self.where):
             return self.index.meta(key)
 
     async def put(
@@ -236,35 +262,34 @@ class LocalEntryStore:
         source: Source = "upstream",
         ttl: float | None = None,
     ) -> EntryMeta:
-        return await anyio.to_thread.run_sync(self._put, key, artifacts, summary, source, ttl)
+        return await self._run(self._put, key, artifacts, summary, source, ttl)
 
     async def delete(self, key: str) -> bool:
-        return await anyio.to_thread.run_sync(self._delete, key)
+        return await self._run(self._delete, key)
 
     async def list(self, query: EntryQuery) -> EntryPage:
-        return await anyio.to_thread.run_sync(self._list, query)
+        return await self._run(self._list, query)
 
     async def resolve(self, prefix: str, limit: int = 2) -> list[str]:
-        with store_errors(self.where):
+        with self._operation(), store_errors(self.where):
             return self.index.resolve(prefix, limit)
 
     async def totals(self) -> StoreTotals:
-        return await anyio.to_thread.run_sync(self._totals)
+        return await self._run(self._totals)
 
     async def purge(self) -> int:
-        return await anyio.to_thread.run_sync(self._purge)
+        return await self._run(self._purge)
 
     async def add_hits(self, hits: Mapping[str, tuple[int, float]]) -> None:
         if hits:
-            await anyio.to_thread.run_sync(self._add_hits, dict(hits))
+            await self._run(self._add_hits, dict(hits))
 
     async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._close)
+
+    def _close(self, timeout: float = CLOSE_WAIT_SECONDS) -> None:
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout)
         self.index.close()
-        await self.blobs.close()
-
-
-def open_failure(where: str, exc: BaseException) -> StoreError:
-    """The one-line error for a cache folder that cannot be opened at start-up."""
-    from cache.local.errors import describe
-
-    return StoreError(describe(exc), where=where)
+        self.blobs.cache.close()

@@ -23,7 +23,7 @@ from gateway.errors import BadRequest
 from gateway.generation import Generation, UpstreamRequest
 from gateway.placeholder import placeholder_image
 from gateway.routes.common import engine_id, read_multipart, wants_image
-from gateway.routes.text_to_image import TextToImage
+from gateway.routes.text_to_image import TextToImage, sample_line
 from gateway.validation import CheckedForm, check_form, check_upscale_target, v1_table
 
 Kind = Literal["image-to-image", "masking", "upscale"]
@@ -124,10 +124,19 @@ class ImageToImage:
         width, height = int(summary["width"]), int(summary["height"])
         samples = int(summary["params"].get("samples", 1))
         seed = int(summary["seed"] or int(generation.key[:8], 16))
-        lines = [self.route, *(f"{p['text']} ({p['weight']:g})" for p in summary["prompts"])]
+        prompts = [f"{p['text']} ({p['weight']:g})" for p in summary["prompts"]]
         return [
             Artifact(
-                placeholder_image(width, height, key=f"{generation.key}:{i}", lines=lines),
+                placeholder_image(
+                    width,
+                    height,
+                    key=f"{generation.key}:{i}",
+                    lines=[
+                        self.route,
+                        sample_line(generation.engine, seed + i, i, samples),
+                        *prompts,
+                    ],
+                ),
                 seed=seed + i,
             )
             for i in range(samples)

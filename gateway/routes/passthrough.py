@@ -37,32 +37,36 @@ from gateway.fetch import Failed, Fetched, Fetcher, credential_hash
 from gateway.generation import UpstreamRequest
 from gateway.http.forward import forward
 from gateway.jobs import job_id
-from gateway.routes.common import wants_json_v2
+from gateway.routes.common import result_id, wants_json_v2
 from gateway.routes.stable_image import V2_JSON_ANSWER, render_v2
 from gateway.upstream import UpstreamClient
 
 ENGINES_TTL_SECONDS = 60.0
 MAX_ENGINE_LISTS = 256  # distinct credentials whose engine list is held in memory
-OFFLINE_ENGINES = [
-    {
-        "id": "stable-diffusion-xl-1024-v1-0",
-        "name": "Stable Diffusion XL 1.0",
-        "description": "Stable Diffusion XL v1.0",
-        "type": "PICTURE",
-    },
-    {
-        "id": "stable-diffusion-v1-6",
-        "name": "Stable Diffusion 1.6",
-        "description": "Stable Diffusion v1.6",
-        "type": "PICTURE",
-    },
-    {
-        "id": "esrgan-v1-x2plus",
-        "name": "Real-ESRGAN x2",
-        "description": "Real-ESRGAN x2 upscaler",
-        "type": "PICTURE",
-    },
-]
+# Display names for the engines offline mode lists (which engines: `[gateway] engines`).
+ENGINE_NAMES: dict[str, tuple[str, str]] = {
+    "stable-diffusion-xl-1024-v1-0": ("Stable Diffusion XL 1.0", "Stable Diffusion XL v1.0"),
+    "stable-diffusion-v1-6": ("Stable Diffusion 1.6", "Stable Diffusion v1.6"),
+    "esrgan-v1-x2plus": ("Real-ESRGAN x2", "Real-ESRGAN x2 upscaler"),
+    "stable-diffusion-x4-latent-upscaler": (
+        "Stable Diffusion x4 Latent Upscaler",
+        "Stable Diffusion x4 latent upscaler",
+    ),
+}
+
+
+def offline_engines(engines: tuple[str, ...]) -> list[dict[str, str]]:
+    """/v1/engines/list without an upstream: the engines the gateway knows, in Stability's
+    shape."""
+    return [
+        {
+            "id": engine,
+            "name": ENGINE_NAMES.get(engine, (engine, engine))[0],
+            "description": ENGINE_NAMES.get(engine, (engine, engine))[1],
+            "type": "PICTURE",
+        }
+        for engine in engines
+    ]
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class AccountPassThrough:
     ) -> None:
         self.mode = settings.mode
         self.deadline_seconds = settings.timeouts.deadline_seconds
+        self.known_engines = settings.gateway.engines
         self.upstream = upstream
         self.ttl = ttl
         self._engines: OrderedDict[str, _Held] = OrderedDict()
@@ -109,7 +114,7 @@ class AccountPassThrough:
 
     async def engines(self, request: Request) -> Response:
         if self.upstream is None:
-            return JSONResponse(OFFLINE_ENGINES, headers={"X-Cache": "OFFLINE"})
+            return JSONResponse(offline_engines(self.known_engines), headers={"X-Cache": "OFFLINE"})
         credential = self._credential(request.headers)
         held = self._engines.get(credential)
         if held is not None and held.expires > time.monotonic():
@@ -160,7 +165,7 @@ class Results:
 
     async def results(self, request: Request) -> Response:
         try:
-            return await self._results(request, request.path_params["id"])
+            return await self._results(request, result_id(request))
         except GatewayError as exc:
             return exc.response(v2=True)
 

@@ -10,9 +10,13 @@ entry serves both answers: `Accept: application/json` gets that JSON, anything e
 API's default is `image/*`) gets the image bytes in the requested `output_format`, with
 `finish-reason` and `seed` headers. Errors keep v2beta's shape (`{"id","name","errors"}`).
 
-Sizes: Stability documents the aspect ratio of a generate answer, not its pixels (Core, Ultra
-and SD3 differ), so an answer is checked against the requested ratio, within 5 %, and the
-table sizes are used for placeholders only.
+Sizes: every answer is checked before it is cached (a wrong size is a 502, never stored).
+Stability documents the aspect ratio of a generate answer, not its pixels (Core, Ultra and
+SD3 differ), so it is checked against the requested ratio, within 5 %, and the table sizes
+are used for placeholders only. Edits answer the input's size exactly (outpaint: plus the
+margins), fast upscale exactly 4x; conservative and creative upscale "to 4K resolution",
+which fixes no pixel count, so their answer must keep the input's aspect (within 5 %) and be
+no smaller than the input on either side.
 
 Job routes (creative upscale): the first answer is the upstream's `{"id"}`, passed through
 (the pipeline writes down the job, see gateway.jobs). Once a poll of
@@ -66,15 +70,21 @@ V2_JSON = "v2-json"  # the memoised form of the JSON answer (gateway.rendered)
 MEDIA_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 ASPECT_TOLERANCE = 0.05
 MAX_PLACEHOLDER_SIDE = 4096
+# Conservative and creative upscale: "takes images between 64x64 and 1 megapixel and
+# upscales them to 4K resolution ... by 20 to 40 times" (Stability's upscale documentation,
+# as quoted on AWS Bedrock's "Stability AI Image Services" page, Upscale section; the
+# v2alpha upscale reference says the same). No exact size: placeholders use this long side.
+UPSCALE_4K_SIDE = 4096
 
-Output = Literal["aspect", "same", "outpaint", "upscale"]
+Output = Literal["aspect", "same", "outpaint", "upscale", "upscale_4k"]
 
 
 @dataclass(frozen=True)
 class V2Route:
     """One v2beta route as data. `output` says what the answer's size follows: the aspect
     ratio (or the input image when one is given), the input image, the input image plus the
-    outpaint margins, or the input scaled by `factor` (placeholders only)."""
+    outpaint margins, the input scaled by exactly `factor`, or the input brought to 4K with
+    its aspect kept (see the module docstring for what each checks)."""
 
     path: str
     table: FormTable
@@ -88,10 +98,8 @@ V2_ROUTES: tuple[V2Route, ...] = (
     V2Route("/v2beta/stable-image/generate/ultra", V2_ULTRA, "aspect"),
     V2Route("/v2beta/stable-image/generate/sd3", V2_SD3, "aspect"),
     V2Route("/v2beta/stable-image/upscale/fast", V2_UPSCALE_FAST, "upscale", factor=4),
-    V2Route(
-        "/v2beta/stable-image/upscale/conservative", V2_UPSCALE_CONSERVATIVE, "upscale", factor=4
-    ),
-    V2Route("/v2beta/stable-image/upscale/creative", V2_UPSCALE_CREATIVE, "upscale", 4, job=True),
+    V2Route("/v2beta/stable-image/upscale/conservative", V2_UPSCALE_CONSERVATIVE, "upscale_4k"),
+    V2Route("/v2beta/stable-image/upscale/creative", V2_UPSCALE_CREATIVE, "upscale_4k", job=True),
     V2Route("/v2beta/stable-image/edit/erase", V2_EDIT_ERASE, "same"),
     V2Route("/v2beta/stable-image/edit/inpaint", V2_EDIT_INPAINT, "same"),
     V2Route("/v2beta/stable-image/edit/outpaint", V2_EDIT_OUTPAINT, "outpaint"),
@@ -103,21 +111,38 @@ V2_ROUTES: tuple[V2Route, ...] = (
 def output_size(
     route: V2Route, params: dict[str, Any], sizes: dict[str, tuple[int, int]]
 ) -> tuple[tuple[int, int], str | None]:
-    """(width, height) of the answer as far as it is known, and the aspect ratio it must
-    have (None when it follows an input image instead)."""
+    """(width, height) of a placeholder answer, and the aspect ratio an answer must have
+    (None when it follows an input image instead)."""
     image = sizes.get("image")
     if route.output == "aspect" and image is None:
         ratio = str(params.get("aspect_ratio", "1:1"))
         return V2_ASPECT_SIZES[ratio], ratio
     assert image is not None  # every other route requires an image upload
+    width, height = expected_size(route, params, image) or image
+    scale = 1.0
+    if route.output == "upscale_4k":
+        scale = UPSCALE_4K_SIDE / max(width, height)
+    elif route.output == "upscale":  # a placeholder need not be larger than this
+        scale = min(1.0, MAX_PLACEHOLDER_SIDE / max(width, height))
+    if scale != 1.0:
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return (width, height), None
+
+
+def expected_size(
+    route: V2Route, params: dict[str, Any], image: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The exact (width, height) Stability documents for this route's answer, or None when
+    it documents none (generate routes: the aspect ratio; 4K upscales: see check_upscaled)."""
+    if image is None or route.output in ("aspect", "upscale_4k"):
+        return None
     width, height = image
     if route.output == "outpaint":
         width += int(params.get("left", 0)) + int(params.get("right", 0))
         height += int(params.get("up", 0)) + int(params.get("down", 0))
     elif route.output == "upscale":
-        scale = min(route.factor, MAX_PLACEHOLDER_SIDE / max(width, height))
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-    return (width, height), None
+        width, height = width * route.factor, height * route.factor
+    return width, height
 
 
 def check_aspect(data: bytes, ratio: str) -> None:
@@ -130,6 +155,24 @@ def check_aspect(data: bytes, ratio: str) -> None:
     across, down = (int(n) for n in ratio.split(":"))
     if abs((width / height) / (across / down) - 1) > ASPECT_TOLERANCE:
         raise UpstreamError(f"upstream sent a {width}x{height} image, expected aspect {ratio}")
+
+
+def check_upscaled(data: bytes, source: tuple[int, int]) -> None:
+    """Refuse a 4K upscale's answer that is smaller than its input on either side, or not
+    of the input's aspect ratio (within 5 %): Stability documents no exact size for it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # not an image at all: check_image reports it
+        return
+    source_width, source_height = source
+    smaller = width < source_width or height < source_height
+    ratio = (width / height) / (source_width / source_height)
+    if smaller or abs(ratio - 1) > ASPECT_TOLERANCE:
+        raise UpstreamError(
+            f"upstream sent a {width}x{height} image as the upscale of a "
+            f"{source_width}x{source_height} one (expected its aspect, and no smaller)"
+        )
 
 
 def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact]:
@@ -149,6 +192,9 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
     ratio = generation.summary.get("aspect_ratio")
     if ratio:
         check_aspect(data, ratio)
+    source = generation.summary.get("upscaled_from")
+    if source:
+        check_upscaled(data, (int(source[0]), int(source[1])))
     media_type = MEDIA_TYPES[generation.expected_formats[0]]
     artifact = Artifact(data, seed, finish_reason, media_type)
     remember(artifact, V2_JSON, _v2_json(artifact, b64=text.encode("ascii")))  # no re-encoding
@@ -208,6 +254,7 @@ class StableImage:
         params = checked.params
         output_format = str(params.get("output_format", "png"))
         (width, height), ratio = output_size(self.spec, params, checked.image_sizes)
+        source = checked.image_sizes.get("image")
         want = "json" if wants_json_v2(request) else "image"
         if self.spec.job:
             want = "job"  # the answer is an id to poll; the poll picks the format
@@ -225,7 +272,8 @@ class StableImage:
                 files={name: upload.as_httpx() for name, upload in form.files.items()},
             ),
             want=want,
-            expected_size=None,  # see the module docstring: the ratio is checked in decode
+            # Generate routes: the ratio is checked in decode; 4K upscales: check_upscaled.
+            expected_size=expected_size(self.spec, params, source),
             expected_formats=(PIL_FORMATS[output_format],),
             random_seed="seed" in table.fields and not params.get("seed"),
             summary={
@@ -235,6 +283,9 @@ class StableImage:
                 "width": width,
                 "height": height,
                 "aspect_ratio": ratio,
+                "upscaled_from": list(source)
+                if source and self.spec.output == "upscale_4k"
+                else None,
                 "output_format": output_format,
                 "seed": params.get("seed", 0),
                 "job": self.spec.job,

@@ -21,9 +21,12 @@ from gateway.rendered import remember, rendered
 from gateway.routes.common import engine_id, read_json_object, wants_image
 from gateway.validation import (
     SDXL_V1_ENGINES,
+    TEXT_TO_IMAGE_FIELDS,
     TEXT_TO_IMAGE_RULES,
     check_engine_dimensions,
+    check_extras,
     check_fields,
+    check_known_fields,
     check_text_prompts,
 )
 
@@ -54,7 +57,9 @@ class TextToImage:
     async def parse(self, request: Request) -> Generation:
         engine = engine_id(request)
         body = await read_json_object(request)
+        check_known_fields(body, TEXT_TO_IMAGE_FIELDS)
         check_text_prompts(body.get("text_prompts"))
+        check_extras(body.get("extras"))
         params = fill_defaults(body, engine, self.defaults)
         # The engine's own size list first: for SDXL 1.0 the real API names the allowed
         # sizes (invalid_sdxl_v1_dimensions) rather than the multiple-of-64 rule.
@@ -141,14 +146,24 @@ class TextToImage:
         width, height = generation.expected_size or (1024, 1024)
         samples = int(generation.upstream.json.get("samples", 1))
         seed = int(generation.upstream.json.get("seed") or int(generation.key[:8], 16))
-        lines = [f"{p['text']} ({p['weight']:g})" for p in generation.summary["prompts"]]
+        prompts = [f"{p['text']} ({p['weight']:g})" for p in generation.summary["prompts"]]
         return [
             Artifact(
-                placeholder_image(width, height, key=f"{generation.key}:{i}", lines=lines),
+                placeholder_image(
+                    width,
+                    height,
+                    key=f"{generation.key}:{i}",
+                    lines=[sample_line(generation.engine, seed + i, i, samples), *prompts],
+                ),
                 seed=seed + i,
             )
             for i in range(samples)
         ]
+
+
+def sample_line(engine: str, seed: int, index: int, samples: int) -> str:
+    """What a v1 placeholder says about itself, so that offline images can be told apart."""
+    return f"{engine}, seed {seed}, sample {index + 1} of {samples}"
 
 
 def _artifact_json(artifact: Artifact, b64: bytes | None = None) -> bytes:

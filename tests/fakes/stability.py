@@ -12,6 +12,10 @@ each generation request according to a per-test script of behaviours:
 
 Asynchronous routes (creative upscale, say) are scripted with `accepted()`: the POST answers
 `{"id"}` and `GET /v2beta/results/{id}` answers 202 in-progress `polls` times, then the image.
+
+Output sizes follow Stability's documentation: v1 and v2beta generate routes the requested
+size or aspect ratio; v2beta edits the input image's size (outpaint adds the margins); fast
+upscale 4x; conservative and creative upscale "to 4K resolution" (see `UPSCALE_4K_SIDE`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +66,10 @@ V2_ASPECT_SIZES: dict[str, tuple[int, int]] = {
 }
 
 V2_FORMATS = ("png", "jpeg", "webp")
+# Conservative and creative upscale take an image of 64x64 to 1 megapixel "and upscale it to
+# 4K resolution" (Stability's upscale documentation, as quoted by AWS Bedrock's "Stability
+# AI Image Services" page); the fake draws the input's aspect with this long side.
+UPSCALE_4K_SIDE = 4096
 INVALID_BASE64 = "!!!notbase64@@"
 NOT_AN_IMAGE = b"this is not a png"
 
@@ -105,7 +114,9 @@ class ApiError:
 class Malformed:
     """A 200 that the gateway must not trust: broken transport, JSON, base64 or image."""
 
-    kind: Literal["reset_mid_body", "truncated_json", "invalid_base64", "not_an_image"]
+    kind: Literal[
+        "reset_mid_body", "truncated_json", "invalid_base64", "not_an_image", "corrupt_pixels"
+    ]
     delay: float = 0.0
 
 
@@ -126,6 +137,8 @@ class Accepted:
     status: int = 200
     polls: int = 1  # 202 in-progress answers before the result is ready
     delay: float = 0.0
+    width: int | None = None  # force the result's size (to fake a wrong size)
+    height: int | None = None
 
 
 Behaviour = Ok | ApiError | Malformed | RawBody | Accepted
@@ -186,16 +199,48 @@ def not_an_image(*, delay: float = 0.0) -> Malformed:
     return Malformed("not_an_image", delay)
 
 
+def corrupt_pixels(*, delay: float = 0.0) -> Malformed:
+    """200 answer whose PNG has valid chunk CRCs (so `verify()` passes) but pixel data that
+    is not a zlib stream: it cannot be decoded. Non-PNG formats are sent unharmed."""
+    return Malformed("corrupt_pixels", delay)
+
+
+def undecodable_png(data: bytes) -> bytes:
+    """`data` (a PNG) with every IDAT chunk's content replaced by garbage of the same length
+    and the chunk CRCs recomputed: structurally valid, undecodable (0xff... is an invalid
+    deflate block type)."""
+    signature, out, at = data[:8], [data[:8]], 8
+    assert signature == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind = data[at + 4 : at + 8]
+        body = data[at + 8 : at + 8 + length]
+        if kind == b"IDAT":
+            body = (b"\x78\x9c" + b"\xff" * length)[:length]
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        out.append(length.to_bytes(4, "big") + kind + body + crc)
+        at += 12 + length
+    return b"".join(out)
+
+
 def wrong_size(*, delay: float = 0.0) -> Ok:
     """A normal answer except that the image is 64x64 whatever size was asked."""
     return Ok(delay=delay, width=64, height=64)
 
 
-def accepted(*, status: int = 200, polls: int = 1, delay: float = 0.0) -> Accepted:
+def accepted(
+    *,
+    status: int = 200,
+    polls: int = 1,
+    delay: float = 0.0,
+    width: int | None = None,
+    height: int | None = None,
+) -> Accepted:
     """Answer with a job id, as Stability's asynchronous routes do (200 on the real API; the
     status is scriptable). GET /v2beta/results/{id} then answers 202 `{"id", "status":
-    "in-progress"}` `polls` times, then 200 with the image in the format the poll Accepts."""
-    return Accepted(status, polls, delay)
+    "in-progress"}` `polls` times, then 200 with the image in the format the poll Accepts
+    (of width x height when given, to fake a wrong size)."""
+    return Accepted(status, polls, delay, width, height)
 
 
 def status_body(
@@ -389,14 +434,18 @@ async def _parse_v2(request: Request) -> _GenRequest:
 
 async def _parse_v2_image(request: Request) -> _GenRequest:
     """v2beta upscale and edit routes: an `image` upload; the answer is that image scaled 4x
-    (upscale), grown by the margins (outpaint), or the same size (other edits)."""
+    (fast upscale), to 4K (conservative and creative upscale), grown by the margins
+    (outpaint), or the same size (other edits)."""
     form, files = await _read_form(request)
     width, height = _upload_size(files, "image")
     fmt = str(form.get("output_format") or "png")
     if fmt not in V2_FORMATS:
         raise _BadRequest(f"output_format: must be one of {', '.join(V2_FORMATS)}")
-    if "/upscale/" in request.url.path:
+    if request.url.path.endswith("/upscale/fast"):
         width, height = 4 * width, 4 * height
+    elif "/upscale/" in request.url.path:
+        scale = UPSCALE_4K_SIDE / max(width, height)
+        width, height = round(width * scale), round(height * scale)
     elif request.url.path.endswith("/outpaint"):
         width += _int_field(form.get("left"), 0) + _int_field(form.get("right"), 0)
         height += _int_field(form.get("up"), 0) + _int_field(form.get("down"), 0)
@@ -664,7 +713,8 @@ class FakeStability:
         except _BadRequest as exc:
             return _error_response(ApiError(400, "bad_request", str(exc)), v2=v2)
         if isinstance(behaviour, Accepted):
-            return self._start_job(req, await self._artifacts(req, Ok(), number), behaviour)
+            sized = Ok(width=behaviour.width, height=behaviour.height)
+            return self._start_job(req, await self._artifacts(req, sized, number), behaviour)
         if isinstance(behaviour, Ok):
             return _success_response(req, await self._artifacts(req, behaviour, number))
         artifacts = await self._artifacts(req, Ok(), number)
@@ -672,6 +722,10 @@ class FakeStability:
             case "not_an_image":
                 broken = [replace(a, data=NOT_AN_IMAGE) for a in artifacts]
                 return _success_response(req, broken)
+            case "corrupt_pixels":
+                if req.fmt == "png":
+                    artifacts = [replace(a, data=undecodable_png(a.data)) for a in artifacts]
+                return _success_response(req, artifacts)
             case "invalid_base64":
                 return JSONResponse(_json_payload(req, artifacts, b64=INVALID_BASE64))
             case "truncated_json":

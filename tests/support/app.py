@@ -31,10 +31,11 @@ async def running_app(
 
 @contextlib.asynccontextmanager
 async def app_client(
-    settings: Settings, upstream: Handler | None = None
+    settings: Settings, upstream: Handler | None = None, *, raise_app_exceptions: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """With `raise_app_exceptions` False, an unhandled error is the 500 a client would see."""
     async with running_app(settings, upstream) as app:
-        transport = httpx.ASGITransport(app)
+        transport = httpx.ASGITransport(app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
