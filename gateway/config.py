@@ -31,6 +31,13 @@ class GatewaySettings:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
+    workers: int = 1
+    # What one connection may cost the server (gateway/cli/server_limits.py).
+    max_connections: int = 1000
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_seconds: float = 10
+    body_timeout_seconds: float = 30
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,12 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_ALLOW_CACHED": ("cache", "allow_cached_default", bool),
     "STABILITY_GATEWAY_MEMORY_TIER_BYTES": ("cache", "memory_tier_bytes", int),
     "STABILITY_GATEWAY_LOG_LEVEL": ("gateway", "log_level", str),
+    "STABILITY_GATEWAY_WORKERS": ("gateway", "workers", int),
+    "STABILITY_GATEWAY_MAX_CONNECTIONS": ("gateway", "max_connections", int),
+    "STABILITY_GATEWAY_MAX_HEADER_BYTES": ("gateway", "max_header_bytes", int),
+    "STABILITY_GATEWAY_MAX_HEADERS": ("gateway", "max_headers", int),
+    "STABILITY_GATEWAY_HEADER_TIMEOUT": ("gateway", "header_timeout_seconds", float),
+    "STABILITY_GATEWAY_BODY_TIMEOUT": ("gateway", "body_timeout_seconds", float),
 }
 
 _SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin")
@@ -218,6 +231,15 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("[rate_limit] limit must be >= 1 and period_seconds > 0")
     if settings.retry.attempts < 1:
         raise ConfigError("[retry] attempts must be >= 1")
+    g = settings.gateway
+    if g.workers < 1:
+        raise ConfigError("[gateway] workers must be >= 1")
+    if g.max_connections < 1 or g.max_headers < 1:
+        raise ConfigError("[gateway] max_connections and max_headers must be >= 1")
+    if g.max_header_bytes < 1024:
+        raise ConfigError("[gateway] max_header_bytes must be >= 1024")
+    if g.header_timeout_seconds <= 0 or g.body_timeout_seconds <= 0:
+        raise ConfigError("[gateway] header_timeout_seconds and body_timeout_seconds must be > 0")
     return settings
 
 
