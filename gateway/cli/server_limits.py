@@ -76,7 +76,9 @@ class _ThrottledLog:
         self._count[kind] = self._count.get(kind, 0) + 1
         now = time.monotonic()
         if now - self._last.get(kind, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
-            log.warning("%s (%d since the last such line)", message, self._count[kind])
+            more = self._count[kind] - 1
+            log.warning("%s (and %d more since the last such line)" if more else "%s", message,
+                        *([more] if more else []))  # fmt: skip
             self._last[kind], self._count[kind] = now, 0
 
 
