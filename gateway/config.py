@@ -44,6 +44,12 @@ class GatewaySettings:
     log_level: str = "info"
     workers: int = 1
     engines: tuple[str, ...] = V1_ENGINES
+    # What one connection may cost the server (gateway/cli/server_limits.py).
+    max_connections: int = 1000
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_seconds: float = 10
+    body_timeout_seconds: float = 30
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_RETRY_READ_TIMEOUTS": ("retry", "retry_read_timeouts", bool),
     "STABILITY_GATEWAY_LEASE_SECONDS": ("timeouts", "lease_seconds", float),
     "STABILITY_GATEWAY_ENGINES": ("gateway", "engines", tuple),
+    "STABILITY_GATEWAY_MAX_CONNECTIONS": ("gateway", "max_connections", int),
+    "STABILITY_GATEWAY_MAX_HEADER_BYTES": ("gateway", "max_header_bytes", int),
+    "STABILITY_GATEWAY_MAX_HEADERS": ("gateway", "max_headers", int),
+    "STABILITY_GATEWAY_HEADER_TIMEOUT": ("gateway", "header_timeout_seconds", float),
+    "STABILITY_GATEWAY_BODY_TIMEOUT": ("gateway", "body_timeout_seconds", float),
 }
 
 _SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin")
@@ -244,8 +255,15 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("[rate_limit] limit must be >= 1 and period_seconds > 0")
     if settings.retry.attempts < 1:
         raise ConfigError("[retry] attempts must be >= 1")
-    if settings.gateway.workers < 1:
+    g = settings.gateway
+    if g.workers < 1:
         raise ConfigError("[gateway] workers must be >= 1")
+    if g.max_connections < 1 or g.max_headers < 1:
+        raise ConfigError("[gateway] max_connections and max_headers must be >= 1")
+    if g.max_header_bytes < 1024:
+        raise ConfigError("[gateway] max_header_bytes must be >= 1024")
+    if g.header_timeout_seconds <= 0 or g.body_timeout_seconds <= 0:
+        raise ConfigError("[gateway] header_timeout_seconds and body_timeout_seconds must be > 0")
     if settings.timeouts.lease_seconds <= 0:
         raise ConfigError("[timeouts] lease_seconds must be > 0")
     return settings

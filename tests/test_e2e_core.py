@@ -403,7 +403,7 @@ def test_cli_cache_commands_work_on_the_folder(tmp_path: Path) -> None:
     assert shown["key"] == key and shown["prompts"][0]["text"] == "cli"
     assert cli("rm", key).returncode == 0
     assert cli("show", key).returncode == 1
-    assert "purged 1 entries" in cli("purge").stdout
+    assert "purged 1 entries" in cli("purge", "--yes").stdout  # no terminal: --yes needed
     assert json.loads(cli("stats").stdout)["entries"] == 0
 
 

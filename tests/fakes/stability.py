@@ -31,6 +31,7 @@ import logging
 import random
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -572,7 +573,9 @@ class _State:
 class FakeStability:
     """The fake Stability API on http://127.0.0.1:<free port>; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port` 0 (tests): a free port, chosen at start."""
+        self._requested_port = port
         self._lock = threading.Lock()
         self._state = _State()
         self._server: uvicorn.Server | None = None
@@ -834,7 +837,7 @@ class FakeStability:
         if _RESET_LOG_FILTER not in logger.filters:
             logger.addFilter(_RESET_LOG_FILTER)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self._requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
@@ -899,6 +902,39 @@ def _who(request: Request) -> str | None:
     return key_hash(authorization) if authorization else None
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tests.fakes.stability --port N`: the fake on its own, in the foreground.
+
+    For trying online mode locally without a key or credits: point a gateway at it with
+    STABILITY_API_KEY=sk-fake STABILITY_GATEWAY_UPSTREAM_URL=http://127.0.0.1:N. Every
+    generation request gets a test image of the requested size. Ctrl-C stops it.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.stability", description=main.__doc__
+    )
+    parser.add_argument("--port", type=int, default=8081, help="port on 127.0.0.1 (default 8081)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    fake = FakeStability(port=args.port)
+    try:
+        fake.start()
+    except (OSError, RuntimeError) as exc:
+        print(f"fake Stability could not listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"fake Stability API listening on {fake.url} (Ctrl-C to stop)", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+    return 0
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
@@ -923,3 +959,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replayed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
