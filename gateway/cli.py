@@ -158,6 +158,9 @@ def parser() -> argparse.ArgumentParser:
         a.add_argument("key")
     actions.add_parser("purge", help="delete every entry")
     c.set_defaults(func=cache_command)
+    from gateway.client.command import add_generate_parser
+
+    add_generate_parser(sub)
     return p
 
 
