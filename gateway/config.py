@@ -218,7 +218,8 @@ def _section_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     """Build settings from a parsed TOML document; unknown sections or keys are errors."""
-    unknown = sorted(set(data) - {*_SECTIONS, "defaults"})
+    # [styles.NAME] belongs to `stability-gateway generate` (gateway.client.styles).
+    unknown = sorted(set(data) - {*_SECTIONS, "defaults", "styles"})
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
     sections = {

@@ -51,6 +51,7 @@ log = logging.getLogger("gateway.fetch")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONTENT_POLICY_ERRORS = ("invalid_prompts", "content_moderation")
 CREDENTIAL_TTL_SECONDS = 24 * 3600
+STORE_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -178,13 +179,11 @@ class Fetcher:
         (A request that may not store shares with nobody.)"""
         return f"{generation.key}:{credential}" if credential else generation.key
 
-    def being_stored(self, generation: Generation, caller: Mapping[str, str]) -> Fetched | None:
-        """A fresh image of this key answered by this process and still being stored: newer
-        than whatever the store holds, so a hit must serve it instead."""
-        outcome = self.flights.answered(self._flight_key(generation, self.credential(caller)))
-        if isinstance(outcome, Fetched) and outcome.stored is None:
-            return outcome
-        return None
+    async def stored(self, generation: Generation, caller: Mapping[str, str]) -> None:
+        """Read-your-writes within this process: if this key's image was just answered and
+        is still being stored, wait for the store (a few ms) before looking it up."""
+        key = self._flight_key(generation, self.credential(caller))
+        await self.flights.finished(key, STORE_WAIT_SECONDS)
 
     async def _claim(
         self,

@@ -65,6 +65,8 @@ class Pipeline:
             record.key = generation.key
         headers = {"X-Cache-Key": generation.key}
         try:
+            if self.fetcher is not None and not controls.no_store:
+                await self.fetcher.stored(generation, request.headers)
             entry = None if controls.no_store else await self._lookup(generation.key)
             decision = decide(
                 mode=self.settings.mode,
@@ -116,10 +118,8 @@ class Pipeline:
                 )
                 if refused is not None:
                     return forward(refused, {"X-Cache": "MISS"})
-            newer = self.fetcher.being_stored(generation, request.headers) if self.fetcher else None
             self.counters.hit(generation.key, entry.nbytes)
-            artifacts = newer.artifacts if newer is not None else entry.artifacts
-            return route.render(artifacts, generation, {"X-Cache": "HIT"})
+            return route.render(entry.artifacts, generation, {"X-Cache": "HIT"})
         if decision.action is Action.MISS:
             self.counters.count("misses")
             raise GatewayTimeout(

@@ -56,14 +56,12 @@ class SingleFlight(Generic[T]):
         if finishing:
             await asyncio.wait(finishing, timeout=timeout)
 
-    def answered(self, key: str) -> T | None:
-        """The answer of a flight for `key` that has answered but is still finishing."""
+    async def finished(self, key: str, timeout: float) -> None:
+        """Wait (at most `timeout`) for the flight for `key`, if it has answered and is
+        still finishing: what it stores is then there for the caller to read."""
         flight = self._flights.get(key)
-        if flight is None or not flight.answer.done() or flight.answer.cancelled():
-            return None
-        if flight.answer.exception() is not None:
-            return None
-        return flight.answer.result()
+        if flight is not None and flight.answer.done() and flight.task is not None:
+            await asyncio.wait({flight.task}, timeout=timeout)
 
     def _forget(self, key: str, flight: Flight[T]) -> None:
         if self._flights.get(key) is flight:

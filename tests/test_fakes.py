@@ -111,6 +111,21 @@ def test_script_then_default(fake: FakeStability, client: httpx.Client) -> None:
     assert fake.calls == []
 
 
+def test_for_prompt_matches_every_time_before_the_script(
+    fake: FakeStability, client: httpx.Client
+) -> None:
+    fake.for_prompt("broken lamp", error(503))
+    fake.script(ok(seed=3))
+    broken = {"text_prompts": [{"text": "a broken lamp, cinematic"}]}
+    assert [client.post(TEXT, json=broken).status_code for _ in range(3)] == [503] * 3
+    assert client.post(TEXT, json=PROMPT).json()["artifacts"][0]["seed"] == 3  # script intact
+    form = {"text_prompts[0][text]": "another broken lamp"}
+    upload = {"init_image": ("i.png", png_bytes(64, 64), "image/png")}
+    assert client.post(IMAGE, data=form, files=upload).status_code == 503  # multipart too
+    fake.reset()
+    assert client.post(TEXT, json=broken).status_code == 200
+
+
 def test_error_429_v1_body(fake: FakeStability, client: httpx.Client) -> None:
     fake.script(error(429, "rate_limit_exceeded", "slow down", headers={"Retry-After": "2"}))
     response = client.post(TEXT, json=PROMPT)

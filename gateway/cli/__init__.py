@@ -8,6 +8,7 @@ work on a gateway that is stopped, or on a folder copied from another machine.
     server_limits.py   what one connection may cost it (headers, slow clients, connections)
     cache_commands.py  cache ls | stats | show | rm | purge
     store_access.py    the few store calls the cache commands make
+    (generate: gateway.client.command, the video team's script runner)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from importlib import metadata
 
 from gateway.backends import BackendError
 from gateway.cli import cache_commands, serve_args
+from gateway.client.command import add_generate_parser
 from gateway.config import ConfigError
 
 DISTRIBUTION = "stability-gateway"
@@ -41,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve_args.add_parser(sub)
     cache_commands.add_parser(sub)
+    add_generate_parser(sub)
     return p
 
 

@@ -10,6 +10,10 @@ each generation request according to a per-test script of behaviours:
         ...  # point the gateway at fake.url
         assert len(fake.generation_calls()) == 2
 
+Concurrent tests, where arrival order says nothing, script by prompt instead:
+`fake.for_prompt("image 7", error(500))` answers every request whose prompt contains the
+text, retries included.
+
 Asynchronous routes (creative upscale, say) are scripted with `accepted()`: the POST answers
 `{"id"}` and `GET /v2beta/results/{id}` answers 202 in-progress `polls` times, then the image.
 
@@ -568,6 +572,20 @@ class _State:
     in_flight: int = 0
     peak: int = 0
     jobs: dict[str, _Job] = field(default_factory=dict)
+    by_prompt: list[tuple[str, Behaviour]] = field(default_factory=list)
+
+
+def prompt_text(body: bytes) -> str:
+    """The prompts of a generation request as one string: every text_prompts[i].text of a
+    JSON body; for anything else (multipart) the body decoded as far as it is text."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+    prompts = payload.get("text_prompts") if isinstance(payload, dict) else None
+    if not isinstance(prompts, list):
+        return ""
+    return "\n".join(str(p.get("text", "")) for p in prompts if isinstance(p, dict))
 
 
 class FakeStability:
@@ -606,6 +624,14 @@ class FakeStability:
         """Queue behaviours for the next generation requests, one each, in order."""
         with self._lock:
             self._state.queue.extend(behaviours)
+
+    def for_prompt(self, text: str, behaviour: Behaviour) -> None:
+        """Every generation request whose prompt contains `text` gets `behaviour`, however
+        many times it comes (retries included), before the script and the default are
+        consulted. For concurrent tests, where arrival order says nothing about which
+        request is which."""
+        with self._lock:
+            self._state.by_prompt.append((text, behaviour))
 
     def reset(self) -> None:
         """Forget script, calls, counters and default, so a shared fake starts each test clean.
@@ -691,11 +717,16 @@ class FakeStability:
             self._state.in_flight += delta
             self._state.peak = max(self._state.peak, self._state.in_flight)
 
-    def _next_behaviour(self) -> tuple[Behaviour, int]:
-        """Pop the next scripted behaviour (or the default) and number this generation."""
+    def _next_behaviour(self, body: bytes = b"") -> tuple[Behaviour, int]:
+        """A `for_prompt` behaviour matching the body, else pop the next scripted one (or
+        the default); and number this generation."""
         with self._lock:
             state = self._state
             state.generations += 1
+            text = prompt_text(body) if state.by_prompt else ""
+            matching = [b for needle, b in state.by_prompt if needle in text]
+            if matching:
+                return matching[0], state.generations
             behaviour = state.queue.popleft() if state.queue else state.default
             return behaviour, state.generations
 
@@ -703,7 +734,7 @@ class FakeStability:
         self, parse: Callable[[Request], Awaitable[_GenRequest]], request: Request
     ) -> Response:
         """The single place where behaviours turn into responses."""
-        behaviour, number = self._next_behaviour()
+        behaviour, number = self._next_behaviour(await request.body())
         await self._sleep(behaviour.delay)
         v2 = request.url.path.startswith("/v2beta/")
         match behaviour:
