@@ -78,6 +78,56 @@ class StoreTotals:
     disk_bytes: int  # what the backend uses, overhead included (0 when unknown)
 
 
+@dataclass(frozen=True)
+class LedgerRecord:
+    """One line of the credits ledger: an upstream call (what it charged: None when unknown,
+    a timeout after the request was sent) or a hit (the credits it saved)."""
+
+    time: float
+    kind: Literal["call", "hit"]
+    route: str
+    engine: str
+    key: str
+    status: int
+    images: int
+    credits: float | None
+    caller: str = "anonymous"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "kind": self.kind,
+            "route": self.route,
+            "engine": self.engine,
+            "key": self.key,
+            "status": self.status,
+            "images": self.images,
+            "credits": self.credits,
+            "caller": self.caller,
+        }
+
+
+@dataclass(frozen=True)
+class LedgerQuery:
+    """Records newest first; `since`/`until` bound `time`; filters combine with AND."""
+
+    limit: int = 100
+    offset: int = 0
+    since: float | None = None
+    until: float | None = None
+    route: str | None = None
+    caller: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    total: int
+    records: Sequence[LedgerRecord]
+    # day (UTC, YYYY-MM-DD) -> {"spent", "saved", "calls", "hits", "unknown"} over the query
+    days: Mapping[str, Mapping[str, float]]
+
+
 class BlobStore(Protocol):
     """Content-addressed bytes: `put` of a digest already present writes nothing, and
     nothing is ever overwritten. Deleting is the EntryStore's call, once no entry refers
@@ -196,8 +246,22 @@ class Coordinator(Protocol):
 
     async def recall(self, kind: str, ident: str) -> dict[str, Any] | None: ...
 
-    async def add_counts(self, counts: Mapping[str, int]) -> None: ...
+    async def add_counts(self, counts: Mapping[str, float]) -> None: ...
 
-    async def counts(self) -> dict[str, int]: ...
+    async def counts(self) -> dict[str, float]: ...
+
+    async def add_within(self, name: str, amount: float, cap: float, ttl: float) -> bool:
+        """Add `amount` to the counter `name` only if it stays within `cap`, atomically
+        across workers (a daily budget, a caller's requests per minute); the counter is
+        forgotten `ttl` seconds after it was created. A negative amount always applies."""
+        ...
+
+    async def value(self, name: str) -> float:
+        """The current value of an `add_within` counter (0 when unknown or expired)."""
+        ...
+
+    async def append_ledger(self, records: Sequence[LedgerRecord]) -> None: ...
+
+    async def query_ledger(self, query: LedgerQuery) -> LedgerPage: ...
 
     async def close(self) -> None: ...

@@ -35,12 +35,12 @@ class Counters:
     def __init__(self, coordinator: Coordinator, entries: EntryStore) -> None:
         self.coordinator = coordinator
         self.entries = entries
-        self._pending: Counter[str] = Counter()
+        self._pending: Counter[str] = Counter()  # values may be floats (credits)
         self._hits: dict[str, tuple[int, float]] = {}
         self._lock = asyncio.Lock()
         self._logged_at = 0.0
 
-    def count(self, name: str, amount: int = 1) -> None:
+    def count(self, name: str, amount: float = 1) -> None:
         self._pending[name] += amount
 
     def hit(self, key: str, nbytes: int) -> None:
@@ -73,11 +73,11 @@ class Counters:
                         "%g s", exc.where, exc, FLUSH_SECONDS,
                     )  # fmt: skip
 
-    async def totals(self) -> dict[str, int]:
+    async def totals(self) -> dict[str, float]:
         """The shared totals, this worker's pending counts included."""
         await self.flush()
         counts = await self.coordinator.counts()
-        return {name: int(counts.get(name, 0)) for name in sorted({*EVENTS, *counts})}
+        return {name: counts.get(name, 0) for name in sorted({*EVENTS, *counts})}
 
     async def run(self) -> None:
         """Flush every second until cancelled; a failed flush never stops the loop."""

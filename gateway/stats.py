@@ -11,7 +11,7 @@ from gateway.counters import EVENTS
 
 
 def summarise(totals_entries: int, image_bytes: int, disk_bytes: int,
-              counts: Mapping[str, int]) -> dict[str, Any]:  # fmt: skip
+              counts: Mapping[str, float]) -> dict[str, Any]:  # fmt: skip
     """Entries, bytes and counters, and the hit ratio: the share of requests answered
     without an upstream call of their own (hits and coalesced requests, over those plus
     misses)."""
@@ -21,14 +21,15 @@ def summarise(totals_entries: int, image_bytes: int, disk_bytes: int,
         "disk_bytes": disk_bytes,
     }
     for name in sorted({*EVENTS, *counts}):
-        out[name] = int(counts.get(name, 0))
+        value = counts.get(name, 0)
+        out[name] = int(value) if float(value).is_integer() else round(float(value), 4)
     saved = out["hits"] + out["coalesced"]
     asked = saved + out["misses"]
     out["hit_ratio"] = round(saved / asked, 4) if asked else 0.0
     return out
 
 
-async def cache_stats(entries: EntryStore, counts: Mapping[str, int]) -> dict[str, Any]:
+async def cache_stats(entries: EntryStore, counts: Mapping[str, float]) -> dict[str, Any]:
     totals = await entries.totals()
     return summarise(totals.entries, totals.bytes, totals.disk_bytes, counts)
 

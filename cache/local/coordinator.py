@@ -1,7 +1,8 @@
 """LocalCoordinator: what the worker processes of one host agree on, in the cache folder.
 
 Everything lives in one diskcache (`<dir>/state`, eviction disabled, so nothing here is
-ever culled): the rate-limit queue, single-flight leases, short-lived records and counters.
+ever culled): the rate-limit queue, single-flight leases, short-lived records and counters;
+the credits ledger is a SQLite table beside it (`ledger.sqlite3`).
 diskcache's `add` and `transact` are atomic across processes on a local disk (not NFS).
 """
 
@@ -10,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import diskcache
 
-from cache.interfaces import RateLimiter
+from cache.interfaces import LedgerPage, LedgerQuery, LedgerRecord, RateLimiter
 from cache.local.errors import coordination_errors
+from cache.local.ledger import Ledger
 from cache.local.ratelimit import DiskRateLimiter, FallbackLimiter, MemoryRateLimiter
 
 LEASE_POLL_SECONDS = 0.05
@@ -46,6 +48,7 @@ class LocalCoordinator:
             self.state = diskcache.Cache(
                 self.where, eviction_policy="none", disk_min_file_size=STATE_MIN_FILE_SIZE
             )
+            self.ledger = Ledger(Path(directory) / "ledger.sqlite3")
         self.limiter: RateLimiter
         if backend == "memory":
             self.limiter = MemoryRateLimiter(
@@ -119,23 +122,55 @@ class LocalCoordinator:
         value = await self._run(self.state.get, ("record", kind, ident))
         return value if isinstance(value, dict) else None
 
-    def _add_counts(self, counts: Mapping[str, int]) -> None:
+    def _add_counts(self, counts: Mapping[str, float]) -> None:
         # All counters in one value: reading them is one row, never a scan.
         with self.state.transact():
-            totals: dict[str, int] = dict(self.state.get(COUNTS_KEY, {}))
+            totals: dict[str, float] = dict(self.state.get(COUNTS_KEY, {}))
             for name, amount in counts.items():
-                totals[name] = totals.get(name, 0) + int(amount)
+                totals[name] = totals.get(name, 0) + amount
             self.state.set(COUNTS_KEY, totals)
 
-    def _counts(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in dict(self.state.get(COUNTS_KEY, {})).items()}
+    def _counts(self) -> dict[str, float]:
+        return {str(k): v for k, v in dict(self.state.get(COUNTS_KEY, {})).items()}
 
-    async def add_counts(self, counts: Mapping[str, int]) -> None:
+    async def add_counts(self, counts: Mapping[str, float]) -> None:
         if counts:
             await self._run(self._add_counts, dict(counts))
 
-    async def counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, float]:
         return dict(await self._run(self._counts))
 
+    def _add_within(self, name: str, amount: float, cap: float, ttl: float) -> bool:
+        key = ("within", name)
+        with self.state.transact():
+            now = time.time()
+            held = self.state.get(key)
+            value, expires = (0.0, now + ttl) if held is None else held
+            if amount > 0 and value + amount > cap:
+                return False
+            # Keep the counter's own expiry: a budget is for one day, not a day since the
+            # last request.
+            self.state.set(key, (value + amount, expires), expire=max(expires - now, 0.001))
+            return True
+
+    def _value(self, name: str) -> float:
+        held = self.state.get(("within", name))
+        return 0.0 if held is None else float(held[0])
+
+    async def add_within(self, name: str, amount: float, cap: float, ttl: float) -> bool:
+        return bool(await self._run(self._add_within, name, amount, cap, ttl))
+
+    async def value(self, name: str) -> float:
+        return float(await self._run(self._value, name))
+
+    async def append_ledger(self, records: Sequence[LedgerRecord]) -> None:
+        if records:
+            await self._run(self.ledger.append, list(records))
+
+    async def query_ledger(self, query: LedgerQuery) -> LedgerPage:
+        page: LedgerPage = await self._run(self.ledger.query, query)
+        return page
+
     async def close(self) -> None:
+        self.ledger.close()
         self.state.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cache.interfaces import Coordinator, QueueFull, Ticket
+from cache.interfaces import Coordinator, LedgerQuery, LedgerRecord, QueueFull, Ticket
 from tests.contract.conftest import CoordinatorFactory
 from tests.fakes.stability import count_max_in_window
 
@@ -152,3 +152,47 @@ class TestRateLimit:
         tasks += [asyncio.ensure_future(send("b")) for _ in range(2)]
         await asyncio.gather(*tasks)
         assert order == ["a", "b", "a", "b", "a", "a"]
+
+
+class TestBudgetsAndLedger:
+    async def test_add_within_never_passes_the_cap(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        """Two workers charging one budget at once: never more than the cap in all."""
+        a, b = open_coordinator(), open_coordinator()
+        results = await asyncio.gather(
+            *(w.add_within("budget:day", 3, 7, 60) for w in (a, b, a, b, a))
+        )
+        assert sum(results) == 2 and await a.value("budget:day") == 6
+        assert await b.add_within("budget:day", -3, 7, 60)  # a refund always applies
+        assert await a.add_within("budget:day", 3, 7, 60)
+        assert await a.value("other") == 0
+
+    async def test_add_within_expires(self, coordinator: Coordinator) -> None:
+        assert await coordinator.add_within("rpm:dev", 1, 1, 0.3)
+        assert not await coordinator.add_within("rpm:dev", 1, 1, 0.3)
+        await asyncio.sleep(0.5)
+        assert await coordinator.add_within("rpm:dev", 1, 1, 0.3)
+
+    async def test_ledger_records_pages_and_days(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        a, b = open_coordinator(), open_coordinator()
+        day = 1_796_000_000.0  # 2026-11-30 UTC
+        records = [
+            LedgerRecord(day + i, "call", "v1/text-to-image", "e", f"k{i}", 200, 1, 3.0, "dev")
+            for i in range(3)
+        ]
+        records += [LedgerRecord(day + 10, "call", "v1/text-to-image", "e", "k9", 504, 0, None)]
+        records += [LedgerRecord(day + 86400, "hit", "v1/text-to-image", "e", "k0", 200, 1, 3.0)]
+        await a.append_ledger(records[:2])
+        await b.append_ledger(records[2:])
+        page = await a.query_ledger(LedgerQuery(limit=2))
+        assert page.total == 5 and [r.key for r in page.records] == ["k0", "k9"]
+        assert page.days["2026-11-30"] == {"spent": 9.0, "saved": 0.0, "calls": 4, "hits": 0,
+                                           "unknown": 1}  # fmt: skip
+        assert page.days["2026-12-01"]["saved"] == 3.0
+        mine = await b.query_ledger(LedgerQuery(caller="dev", since=day + 1))
+        assert mine.total == 2 and {r.key for r in mine.records} == {"k1", "k2"}
+        hits = await b.query_ledger(LedgerQuery(kind="hit"))
+        assert hits.total == 1 and hits.records[0] == records[-1]
