@@ -133,7 +133,7 @@ class Settings:
         changes: dict[str, Any] = {}
         for name, values in sections.items():
             current = getattr(self, name)
-            if dataclasses.is_dataclass(current):
+            if dataclasses.is_dataclass(current) and not isinstance(current, type):
                 changes[name] = dataclasses.replace(current, **values)
             else:
                 changes[name] = values

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import defaultdict
 
 from cache.interfaces import CoordinationError, Coordinator, EntryStore, StoreError
 
@@ -35,7 +35,7 @@ class Counters:
     def __init__(self, coordinator: Coordinator, entries: EntryStore) -> None:
         self.coordinator = coordinator
         self.entries = entries
-        self._pending: Counter[str] = Counter()  # values may be floats (credits)
+        self._pending: defaultdict[str, float] = defaultdict(float)  # credits are fractional
         self._hits: dict[str, tuple[int, float]] = {}
         self._lock = asyncio.Lock()
         self._logged_at = 0.0
@@ -54,14 +54,15 @@ class Counters:
 
     async def flush(self) -> None:
         async with self._lock:
-            pending, self._pending = self._pending, Counter()
+            pending, self._pending = self._pending, defaultdict(float)
             hits, self._hits = self._hits, {}
             try:
                 await self.coordinator.add_counts(pending)
-                pending = Counter()
+                pending = defaultdict(float)
                 await self.entries.add_hits(hits)
             except (CoordinationError, StoreError) as exc:
-                self._pending.update(pending)
+                for name, amount in pending.items():
+                    self._pending[name] += amount
                 for key, (count, last) in hits.items():
                     old, old_last = self._hits.get(key, (0, 0.0))
                     self._hits[key] = (old + count, max(last, old_last))

@@ -57,4 +57,4 @@ async def find_key(entries: EntryStore, given: str) -> str:
         raise KeyNotFound(f"no cache entry has a key starting {given!r}")
     if len(matches) > 1:
         raise KeyNotFound(f"more than one entry has a key starting {given!r}: give more of it")
-    return matches[0]
+    return str(matches[0])

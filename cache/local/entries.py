@@ -14,6 +14,7 @@ the entry meanwhile (then the read is simply retried).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -270,7 +271,7 @@ class LocalEntryStore:
     async def list(self, query: EntryQuery) -> EntryPage:
         return await self._run(self._list, query)
 
-    async def resolve(self, prefix: str, limit: int = 2) -> list[str]:
+    async def resolve(self, prefix: str, limit: int = 2) -> builtins.list[str]:
         with self._operation(), store_errors(self.where):
             return self.index.resolve(prefix, limit)
 

@@ -10,6 +10,7 @@ multipart boundary changes it. The answer format is v1's, as on text-to-image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -115,7 +116,7 @@ class ImageToImage:
         return _V1_ANSWER.decode(response, generation)
 
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         return _V1_ANSWER.render(artifacts, generation, headers)
 

@@ -31,6 +31,7 @@ import base64
 import binascii
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -302,7 +303,7 @@ class StableImage:
         return decode_v2(response, generation)
 
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         if generation.want == "job":
             return JSONResponse({"id": generation.key}, headers=headers)

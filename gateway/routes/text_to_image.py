@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -45,7 +45,8 @@ def fill_defaults(
         filled.update(defaults.get("text_to_image_sdxl", {}))
     filled.update({k: v for k, v in body.items() if v is not None})
     filled["text_prompts"] = [{**p, "weight": p.get("weight", 1)} for p in body["text_prompts"]]
-    return normalise(filled)
+    normalised: dict[str, Any] = normalise(filled)
+    return normalised
 
 
 class TextToImage:
@@ -126,7 +127,7 @@ class TextToImage:
         return artifacts
 
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         if generation.want == "image":
             first = artifacts[0]
@@ -184,7 +185,7 @@ def _single_answer(artifact: Artifact, b64: bytes | None = None) -> bytes:
     return b"".join((b'{"artifacts":[', _artifact_json(artifact, b64), b"]}"))
 
 
-def json_artifacts(artifacts: list[Artifact]) -> bytes:
+def json_artifacts(artifacts: Sequence[Artifact]) -> bytes:
     """Stability's v1 JSON answer. A one-image answer (the usual case) is built once per
     artifact and reused: base64-encoding a 2.6 MB image costs milliseconds per request."""
     if len(artifacts) == 1:
