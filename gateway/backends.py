@@ -7,6 +7,7 @@ the pipeline.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,13 @@ class BackendError(Exception):
     """A backend cannot be opened: one line naming where, why, and the setting to change."""
 
 
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def open_backends(settings: Settings) -> Backends:
     """The backends `settings` ask for; BackendError when they cannot be opened."""
     folder = Path(settings.cache.dir)
@@ -47,8 +55,9 @@ def open_backends(settings: Settings) -> Backends:
             workers=settings.gateway.workers,
         )
     except (StoreError, CoordinationError) as exc:
+        why = "the folder is read-only" if _read_only(folder) else str(exc)
         raise BackendError(
-            f"cannot use the cache folder {exc.where}: {exc}; fix it, or choose another "
+            f"cannot use the cache folder {exc.where}: {why}; fix it, or choose another "
             "folder with STABILITY_GATEWAY_CACHE_DIR (or --cache-dir, or [cache] dir in "
             "config.toml)"
         ) from exc

@@ -179,11 +179,10 @@ class Fetcher:
         (A request that may not store shares with nobody.)"""
         return f"{generation.key}:{credential}" if credential else generation.key
 
-    async def stored(self, generation: Generation, caller: Mapping[str, str]) -> None:
+    async def stored(self, generation: Generation) -> None:
         """Read-your-writes within this process: if this key's image was just answered and
         is still being stored, wait for the store (a few ms) before looking it up."""
-        key = self._flight_key(generation, self.credential(caller))
-        await self.flights.finished(key, STORE_WAIT_SECONDS)
+        await self.flights.finished(generation.key, STORE_WAIT_SECONDS)
 
     async def _claim(
         self,

@@ -66,7 +66,7 @@ class Pipeline:
         headers = {"X-Cache-Key": generation.key}
         try:
             if self.fetcher is not None and not controls.no_store:
-                await self.fetcher.stored(generation, request.headers)
+                await self.fetcher.stored(generation)
             entry = None if controls.no_store else await self._lookup(generation.key)
             decision = decide(
                 mode=self.settings.mode,

@@ -15,8 +15,10 @@ What is not retried: every other status (400 invalid_prompts, 401, 403 content_m
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,11 +56,14 @@ class RetryableStatus(Exception):
         self.response = response
 
 
-def retry_after_seconds(response: httpx.Response, ceiling: float) -> float | None:
-    """The upstream's Retry-After in seconds, at most `ceiling`.
+def retry_after_seconds(
+    response: httpx.Response, ceiling: float, now: float | None = None
+) -> float | None:
+    """The upstream's Retry-After in seconds (delta-seconds or an HTTP date), at most
+    `ceiling`.
 
-    Bounded because it becomes a cool-down stored on disk for every caller: a stray
-    `Retry-After: 86400` (or `inf`) must not freeze the gateway, across restarts, for a day.
+    Bounded because it becomes a cool-down shared by every caller: a stray
+    `Retry-After: 86400` (or `inf`, or a date next year) must not freeze the gateway for a day.
     """
     value = response.headers.get("retry-after")
     if value is None:
@@ -66,7 +71,13 @@ def retry_after_seconds(response: httpx.Response, ceiling: float) -> float | Non
     try:
         seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare from Stability; fall back to our own backoff
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), ceiling)
