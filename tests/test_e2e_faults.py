@@ -277,9 +277,7 @@ def test_one_access_line_per_request_with_the_error_id(fake: FakeStability, tmp_
                      access[0])  # fmt: skip
     assert "cache=HIT" in access[1] and "upstream=- attempts=0" in access[1]
     error_id = refused.json()["id"]
-    assert (
-        "400 cache=- key=- " in access[2] and f"error=invalid_prompts id={error_id}" in access[2]
-    )
+    assert "400 cache=- key=- " in access[2] and f"error=invalid_prompts id={error_id}" in access[2]
     assert "reason=" in access[2] and "must be a list" in access[2]
     assert "GET /cache/stats 200" in access[3]
     assert not re.search(r'"POST /v1/\S+ HTTP/1.1" 200', logs)  # uvicorn's own line is off
