@@ -19,7 +19,7 @@ from typing import Any
 from bench import report, tools
 from bench.context import Context, Options
 from bench.report import SectionResult
-from bench.sections import credits, hits, limiter, memory, miss, singleflight
+from bench.sections import credits, hits, index, limiter, memory, miss, singleflight
 from bench.upstream import write_bodies
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "singleflight": singleflight.run,
     "memory": memory.run,
     "credits": credits.run,
+    "index": index.run,
 }
 QUICK = {
     "duration": 3.0,
