@@ -21,7 +21,7 @@ from starlette.responses import Response
 from cache.keys import make_key
 from cache.model import Artifact
 from gateway.errors import BadRequest
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.routes.common import engine_id, read_multipart, wants_image
 from gateway.routes.text_to_image import TextToImage, sample_line
@@ -66,7 +66,7 @@ class ImageToImage:
         checked = await anyio.to_thread.run_sync(check_form, form.fields, form.file_bytes(), table)
         params = checked.params
         width, height = self._output_size(checked)
-        want = "image" if wants_image(request, image_types=("image/png",)) else "json"
+        want: Want = "image" if wants_image(request, image_types=("image/png",)) else "json"
         samples = int(params.get("samples", 1))
         if want == "image" and samples != 1:
             raise BadRequest(

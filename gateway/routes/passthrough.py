@@ -34,7 +34,7 @@ from gateway.config import Settings
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, GatewayTimeout, NotFound
 from gateway.fetch import Failed, Fetched, Fetcher, credential_hash
-from gateway.generation import UpstreamRequest
+from gateway.generation import UpstreamRequest, Want
 from gateway.http.forward import forward
 from gateway.jobs import job_id
 from gateway.routes.common import result_id, wants_json_v2
@@ -170,7 +170,7 @@ class Results:
             return exc.response(v2=True)
 
     async def _results(self, request: Request, job: str) -> Response:
-        want = "json" if wants_json_v2(request) else "image"
+        want: Want = "json" if wants_json_v2(request) else "image"
         known = await self.fetcher.jobs.get(job) if self.fetcher is not None else None
         if (
             known is not None

@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from cache.keys import make_key
 from cache.model import Artifact
 from gateway.errors import UpstreamError
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
 from gateway.routes.common import read_multipart, wants_json_v2
@@ -226,7 +226,7 @@ def _v2_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
     )
 
 
-def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Response:
+def render_v2(artifact: Artifact, want: Want, headers: dict[str, str]) -> Response:
     """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
     if want == "json":
         body = rendered(artifact, V2_JSON, _v2_json)
@@ -256,7 +256,7 @@ class StableImage:
         output_format = str(params.get("output_format", "png"))
         (width, height), ratio = output_size(self.row, params, checked.image_sizes)
         source = checked.image_sizes.get("image")
-        want = "json" if wants_json_v2(request) else "image"
+        want: Want = "json" if wants_json_v2(request) else "image"
         if self.row.job:
             want = "job"  # the answer is an id to poll; the poll picks the format
         prompts = [{"text": params["prompt"], "weight": 1}] if params.get("prompt") else []

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from cache.keys import make_key, normalise
 from cache.model import Artifact
 from gateway.errors import BadRequest, UpstreamError
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
 from gateway.routes.common import engine_id, read_json_object, wants_image
@@ -67,7 +67,7 @@ class TextToImage:
         check_engine_dimensions(engine, params.get("width"), params.get("height"))
         check_fields(params, TEXT_TO_IMAGE_RULES)
         width, height = int(params["width"]), int(params["height"])
-        want = "image" if wants_image(request, image_types=("image/png",)) else "json"
+        want: Want = "image" if wants_image(request, image_types=("image/png",)) else "json"
         if want == "image" and params["samples"] != 1:
             raise BadRequest(
                 "samples must be 1 when Accept is image/png (one image per response)",

@@ -32,7 +32,7 @@ PROMPTS_SHAPE = "a list of {text, weight} objects"
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # "int" | "number" | "string" | "object"
+    kind: Literal["int", "number", "string", "object"]
     minimum: float | None = None
     maximum: float | None = None
     choices: Sequence[str] | None = None

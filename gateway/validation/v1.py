@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from gateway.errors import BadRequest
 from gateway.validation.rules import ONE_SAMPLE, FileRule, FormTable, Rule, When
@@ -157,6 +157,7 @@ V1_UPSCALE_LATENT = FormTable(
     when=(When("height", "forbidden", "width"),),
     text_prompts="optional",
 )
+V1Kind = Literal["image-to-image", "masking", "upscale"]
 # Per route, then per engine; an engine not listed gets the route's first table.
 V1_TABLES: Mapping[str, Mapping[str, FormTable]] = {
     "image-to-image": {
@@ -172,6 +173,6 @@ V1_TABLES: Mapping[str, Mapping[str, FormTable]] = {
 }
 
 
-def v1_table(kind: str, engine: str) -> FormTable:
+def v1_table(kind: V1Kind, engine: str) -> FormTable:
     tables = V1_TABLES[kind]
     return tables.get(engine, tables["*"])
