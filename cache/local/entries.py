@@ -31,6 +31,7 @@ from cache.interfaces import EntryPage, EntryQuery, StoreError, StoreTotals
 from cache.local.blobs import DiskBlobStore
 from cache.local.errors import store_errors
 from cache.local.index import Index
+from cache.local.legacy import migrate
 from cache.model import Artifact, ArtifactInfo, Entry, EntryMeta, Source, prompt_text
 
 log = logging.getLogger("cache.local")
@@ -57,6 +58,8 @@ class LocalEntryStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.index = Index(self.directory / "index.sqlite3")
         self.blobs = DiskBlobStore(self.directory / "blobs")
+        with store_errors(self.where):
+            migrate(self.directory, self.index, self.blobs)
         self._verified: set[str] = set()
         self._failing_since: float | None = None
         # Operations under way in worker threads; close() waits for them, since closing a
