@@ -31,6 +31,7 @@ class UpstreamRequest:
     data: dict[str, Any] | None = None
     files: dict[str, tuple[str, bytes, str]] | None = None
     accept: str = "application/json"
+    route: str = ""  # the route template, for metrics ("" : the path, query left out)
 
 
 @dataclass

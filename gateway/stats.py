@@ -29,6 +29,10 @@ def summarise(totals_entries: int, image_bytes: int, disk_bytes: int,
     return out
 
 
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else round(float(value), 4)
+
+
 async def cache_stats(entries: EntryStore, counts: Mapping[str, float]) -> dict[str, Any]:
     totals = await entries.totals()
     return summarise(totals.entries, totals.bytes, totals.disk_bytes, counts)

@@ -19,9 +19,9 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tenacity import (
@@ -35,6 +35,7 @@ from tenacity import (
 
 from cache.interfaces import ANONYMOUS, QueueFull, RateLimiter, Ticket
 from gateway.config import Settings
+from gateway.credits import Attempt
 from gateway.deadline import Deadline
 from gateway.errors import GatewayTimeout, RateLimited, UpstreamError, UpstreamUnavailable
 from gateway.generation import UpstreamRequest
@@ -96,10 +97,44 @@ def queue_full(exc: QueueFull) -> RateLimited:
 
 @dataclass(frozen=True)
 class UpstreamAnswer:
-    """The final upstream response and how many attempts it took."""
+    """The final upstream response and the attempts it took."""
 
     response: httpx.Response
-    attempts: int
+    tries: Sequence[Attempt]
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tries)
+
+
+class Observer(Protocol):
+    """Where the client reports what it does (the metrics)."""
+
+    def attempt(self, route: str, status: str, seconds: float) -> None: ...
+
+    def retry(self, reason: str) -> None: ...
+
+    def queued(self, delta: int) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def attempt(self, route: str, status: str, seconds: float) -> None:
+        pass
+
+    def retry(self, reason: str) -> None:
+        pass
+
+    def queued(self, delta: int) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+
+# Transport errors that mean the request never reached the upstream (so it cost nothing).
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _as_sent(value: str) -> bytes:
@@ -116,10 +151,14 @@ class UpstreamClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         on_attempt: Callable[[], None] = lambda: None,
+        observer: Observer | None = None,
+        on_free_call: Callable[[UpstreamRequest, Sequence[Attempt]], None] = lambda r, t: None,
     ) -> None:
         self.settings = settings
         self.limiter = limiter
         self.on_attempt = on_attempt
+        self.observer: Observer = observer or _Unobserved()
+        self.on_free_call = on_free_call
         t = settings.timeouts
         self.http = httpx.AsyncClient(
             base_url=settings.gateway.upstream_url,
@@ -184,6 +223,11 @@ class UpstreamClient:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         attempt = state.attempt_number
+        reason = (
+            str(exc.response.status_code) if isinstance(exc, RetryableStatus)
+            else type(exc).__name__
+        )  # fmt: skip
+        self.observer.retry(reason)
         if isinstance(exc, RetryableStatus) and exc.response.status_code == 429:
             pause = self._pause_after_429(exc.response)
             await self.limiter.cool_down(pause)
@@ -213,13 +257,52 @@ class UpstreamClient:
         deadline: Deadline,
         ticket: Ticket = ANONYMOUS,
         on_send: Callable[[], None] = lambda: None,
+        tries: list[Attempt] | None = None,
     ) -> UpstreamAnswer:
         """The final upstream response (2xx, a non-retryable error, or the last retryable
         one) and the attempts it took. Raises RateLimited when the queue is too long,
         UpstreamUnavailable/GatewayTimeout when no answer came, and the deadline's 504 when
-        it passes. `on_send` is called just before each attempt goes out (after the limiter)."""
-        async with deadline.enforced():
-            return await self._send(request, caller_headers, ticket, on_send)
+        it passes. `on_send` is called just before each attempt goes out (after the limiter).
+        Every attempt is appended to `tries` as it happens, so a caller learns what was sent
+        (and may have been charged) even when this raises."""
+        own = tries is None
+        tries = [] if tries is None else tries
+        try:
+            async with deadline.enforced():
+                return await self._send(request, caller_headers, ticket, on_send, tries)
+        finally:
+            if own and tries:  # a call nobody prices (account, engines, results): free
+                self.on_free_call(request, tries)
+
+    async def _attempt(
+        self, request: UpstreamRequest, headers: dict[str, str | bytes], tries: list[Attempt]
+    ) -> httpx.Response:
+        """One attempt, recorded: no answer counts as possibly charged unless the
+        connection was never made."""
+        route = request.route or request.path.split("?")[0].lstrip("/")
+        started = time.monotonic()
+        tries.append(Attempt(None, sent=True))
+        try:
+            response = await self._request(request, headers)
+        except BaseException as exc:
+            sent = not isinstance(exc, NOT_SENT_ERRORS)
+            tries[-1] = Attempt(None, sent=sent)
+            label = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "error"
+            self.observer.attempt(route, label, time.monotonic() - started)
+            raise
+        tries[-1] = Attempt(response.status_code)
+        self.observer.attempt(route, str(response.status_code), time.monotonic() - started)
+        return response
+
+    async def _acquire(self, ticket: Ticket) -> None:
+        self.observer.queued(1)
+        try:
+            waited = await self.limiter.acquire(ticket)
+        except QueueFull as exc:
+            raise queue_full(exc) from None
+        finally:
+            self.observer.queued(-1)
+        self.observer.waited(waited)
 
     async def _send(
         self,
@@ -227,6 +310,7 @@ class UpstreamClient:
         caller_headers: Mapping[str, str],
         ticket: Ticket,
         on_send: Callable[[], None],
+        tries: list[Attempt],
     ) -> UpstreamAnswer:
         headers = self.headers_for(caller_headers, request.accept)
         attempts = self.settings.retry.attempts
@@ -241,17 +325,14 @@ class UpstreamClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    try:
-                        await self.limiter.acquire(ticket)
-                    except QueueFull as exc:
-                        raise queue_full(exc) from None
+                    await self._acquire(ticket)
                     made += 1
                     self.on_attempt()
                     on_send()
-                    response = await self._request(request, headers)
+                    response = await self._attempt(request, headers, tries)
                     if response.status_code in RETRY_STATUSES:
                         raise RetryableStatus(response)
-                    return UpstreamAnswer(response, made)
+                    return UpstreamAnswer(response, list(tries))
         except RetryableStatus as exc:
             if exc.response.status_code == 429:
                 await self.limiter.cool_down(self._pause_after_429(exc.response))
@@ -259,7 +340,7 @@ class UpstreamClient:
                 "upstream answered %d after %d attempts; giving up",
                 exc.response.status_code, made,
             )  # fmt: skip
-            return UpstreamAnswer(exc.response, made)
+            return UpstreamAnswer(exc.response, list(tries))
         except httpx.DecodingError as exc:
             raise UpstreamError(f"upstream sent a body that could not be decoded ({exc})") from exc
         except httpx.ReadTimeout as exc:

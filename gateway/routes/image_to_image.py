@@ -82,6 +82,7 @@ class ImageToImage:
                 f"/v1/generation/{engine}/{self.suffix}",
                 data=dict(form.fields),
                 files={name: upload.as_httpx() for name, upload in form.files.items()},
+                route=self.route,
             ),
             want=want,
             # An upscaler's exact rounding of the kept aspect is its own: not checked.

@@ -42,6 +42,7 @@ from gateway.routes.stable_image import V2_JSON_ANSWER, render_v2
 from gateway.upstream import UpstreamClient
 
 ENGINES_TTL_SECONDS = 60.0
+RESULTS_ROUTE = "v2beta/results/{id}"
 MAX_ENGINE_LISTS = 256  # distinct credentials whose engine list is held in memory
 # Display names for the engines offline mode lists (which engines: `[gateway] engines`).
 ENGINE_NAMES: dict[str, tuple[str, str]] = {
@@ -107,7 +108,7 @@ class AccountPassThrough:
         assert self.upstream is not None
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         answer = await self.upstream.send(
-            UpstreamRequest("GET", path), request.headers,
+            UpstreamRequest("GET", path, route=request.url.path.lstrip("/")), request.headers,
             deadline=Deadline(self.deadline_seconds),
         )  # fmt: skip
         return answer.response
@@ -206,11 +207,14 @@ class Results:
         if known is None:  # not a job of ours: a plain pass-through, in the caller's format
             accept = request.headers.get("accept") or "image/*"
             answer = await upstream.send(
-                UpstreamRequest("GET", path, accept=accept), request.headers, deadline=deadline
+                UpstreamRequest("GET", path, accept=accept, route=RESULTS_ROUTE),
+                request.headers,
+                deadline=deadline,
             )
             return forward(answer.response, {"X-Cache": "BYPASS"})
-        answer = await upstream.send(UpstreamRequest("GET", path), request.headers,
-                                     deadline=deadline)  # fmt: skip
+        answer = await upstream.send(
+            UpstreamRequest("GET", path, route=RESULTS_ROUTE), request.headers, deadline=deadline
+        )
         response = answer.response
         headers = {"X-Cache": "MISS", "X-Cache-Key": known.key}
         if response.status_code != 200 or job_id(response) is not None:

@@ -271,6 +271,7 @@ class StableImage:
                 self.row.path,
                 data=dict(form.fields),
                 files={name: upload.as_httpx() for name, upload in form.files.items()},
+                route=self.route,
             ),
             want=want,
             # Generate routes: the ratio is checked in decode; 4K upscales: check_upscaled.

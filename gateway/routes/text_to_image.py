@@ -79,7 +79,9 @@ class TextToImage:
             route=ROUTE,
             engine=engine,
             key=key,
-            upstream=UpstreamRequest("POST", f"/v1/generation/{engine}/text-to-image", json=params),
+            upstream=UpstreamRequest(
+                "POST", f"/v1/generation/{engine}/text-to-image", json=params, route=ROUTE
+            ),
             want=want,
             expected_size=(width, height),
             random_seed=not params.get("seed"),
