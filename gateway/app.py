@@ -37,6 +37,7 @@ from gateway.routes.passthrough import AccountPassThrough, Results
 from gateway.routes.stable_image import V2_ROUTES, StableImage
 from gateway.routes.text_to_image import TextToImage
 from gateway.upstream import UpstreamClient
+from gateway.web import gallery_routes
 
 log = logging.getLogger("gateway")
 
@@ -153,6 +154,7 @@ def create_app(
             exposed=exposed,
             settle=(lambda: fetcher.flights.settled(SETTLE_SECONDS)) if fetcher else None,
         ).routes(),
+        *gallery_routes(settings, backends, counters, exposed=exposed, fetcher=fetcher),
     ]
     app = Starlette(
         routes=routes,
