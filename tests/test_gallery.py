@@ -351,6 +351,22 @@ async def test_a_delete_from_the_gallery_without_origin_is_judged_by_the_other_h
 
 
 @pytest.mark.anyio
+async def test_a_malformed_form_is_a_400_page_not_a_crash(
+    client: httpx.AsyncClient, guarded: Settings
+) -> None:
+    key = await generate(client, "formless")
+    fields = "&".join(f"f{i}=x" for i in range(20))  # more fields than a form here has
+    headers = {**HTML, **SAME_ORIGIN, "Content-Type": "application/x-www-form-urlencoded"}
+    response = await client.post(f"/gallery/entries/{key}/delete", content=fields,
+                                 headers=headers)  # fmt: skip
+    assert response.status_code == 400 and "bad_request" in response.text
+    assert (await client.get(f"/cache/entries/{key}")).status_code == 200
+    async with app_client(guarded, base_url=LOCAL) as c:
+        login = await c.post("/gallery/login", content=fields, headers=headers)
+        assert login.status_code == 400 and "set-cookie" not in login.headers
+
+
+@pytest.mark.anyio
 async def test_open_mode_answers_only_to_loopback_host_names(offline: Settings) -> None:
     for base in ("http://localhost:8080", "http://127.0.0.2", "http://[::1]:8080"):
         async with app_client(offline, base_url=base) as c:

@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -36,7 +38,13 @@ from cache.interfaces import CoordinationError, Coordinator, StoreError
 from cache.memory import TieredEntryStore
 from cache.model import Artifact
 from gateway.counters import Counters
-from gateway.errors import GatewayError, NotFound, Unauthorized, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    Unauthorized,
+    UpstreamUnavailable,
+)
 from gateway.http.access import note_error
 from gateway.stats import KeyNotFound, find_key, summarise
 from gateway.web import chart, views
@@ -254,7 +262,10 @@ class Gallery:
             return self.cross_origin(request)
         if not self.auth.token_required:
             return RedirectResponse("/gallery", status_code=303)
-        form = await request.form(max_files=0, max_fields=8)
+        try:
+            form = await self._form(request)
+        except BadRequest as exc:
+            return self.error(request, exc)
         given = form.get("token")
         target = local_path(str(form.get("next") or ""))
         if not isinstance(given, str) or not self.auth.token_matches(given.strip()):
@@ -330,7 +341,7 @@ class Gallery:
         if not same_origin(request):
             return self.cross_origin(request)
         key = await self._key(request)
-        form = await request.form(max_files=0, max_fields=8)
+        form = await self._form(request)
         back = local_path(str(form.get("back") or ""))
         if not await self.entries.delete(key):
             raise NotFound(f"no cache entry with key {key!r}")
@@ -383,6 +394,14 @@ class Gallery:
         if entry is None:
             return None
         return next((a for a in entry.artifacts if a.sha256 == sha256), None)
+
+    @staticmethod
+    async def _form(request: Request) -> FormData:
+        """The posted form (a few small fields: no files); BadRequest for a malformed one."""
+        try:
+            return await request.form(max_files=0, max_fields=8)
+        except HTTPException as exc:  # starlette's own, for a malformed or oversized form
+            raise BadRequest(f"the form could not be read: {exc.detail}") from None
 
     async def _key(self, request: Request) -> str:
         try:
