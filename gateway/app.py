@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cache.interfaces import LedgerRecord
+from cache.model import EntryMeta
 from gateway.backends import Backends, open_backends
 from gateway.config import Settings, load_settings
 from gateway.counters import Counters
-from gateway.credits import Attempt, Budget
+from gateway.credits import Attempt, Budget, price_of
 from gateway.errors import GatewayError, NotFound
 from gateway.fetch import Fetcher
 from gateway.generation import RouteSpec, UpstreamRequest
@@ -41,6 +42,7 @@ from gateway.routes.passthrough import AccountPassThrough, Results
 from gateway.routes.stable_image import V2_ROUTES, StableImage
 from gateway.routes.text_to_image import TextToImage
 from gateway.upstream import UpstreamClient
+from gateway.web import gallery_routes
 
 log = logging.getLogger("gateway")
 
@@ -145,6 +147,12 @@ def create_app(
                 await backends.aclose()
             metrics.process_gone()
 
+    def entry_price(meta: EntryMeta) -> float | None:
+        """What one hit on this entry saves (placeholders save nothing)."""
+        if meta.source != "upstream":
+            return None
+        return price_of(settings.prices, meta.route, meta.engine) * len(meta.artifacts)
+
     inspection = InspectionAPI(
         entries,
         counters,
@@ -187,6 +195,9 @@ def create_app(
         *Results(settings, entries, fetcher).routes(),
         *inspection.routes(),
         Route("/metrics", inspection.guard(scrape), methods=["GET"]),
+        *gallery_routes(
+            settings, backends, counters, exposed=exposed, fetcher=fetcher, price_of=entry_price
+        ),
     ]
     app = Starlette(
         routes=routes,
