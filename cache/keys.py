@@ -76,3 +76,16 @@ def make_key(
     for name in sorted(files or {}):
         digest.update(_part(f"{name}={hashlib.sha256(files[name]).hexdigest()}"))  # type: ignore[index]
     return digest.hexdigest()
+
+
+def scoped_key(key: str, scope: list[str]) -> str:
+    """The key of the same request in a scope of its own (a private caller, a namespace, a
+    random-seed variant): same format, a different entry. An empty scope is the key itself."""
+    if not scope:
+        return key
+    digest = hashlib.sha256()
+    digest.update(_part(f"stability-gateway/{KEY_VERSION}/scoped"))
+    digest.update(_part(key))
+    for part in scope:
+        digest.update(_part(part))
+    return digest.hexdigest()

@@ -25,6 +25,7 @@ from cache.interfaces import LedgerRecord
 from cache.model import EntryMeta
 from gateway.backends import Backends, open_backends
 from gateway.config import Settings, load_settings
+from gateway.callers import CallerGate
 from gateway.counters import Counters
 from gateway.credits import Attempt, Budget, price_of
 from gateway.errors import GatewayError, NotFound
@@ -203,6 +204,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(AccessLog, observe=metrics.request),
+            Middleware(CallerGate, settings=settings, coordinator=coordinator),
             Middleware(BodySizeLimit, max_bytes=settings.gateway.max_body_bytes),
         ],
         exception_handlers={404: not_found, 405: not_found, GatewayError: gateway_error},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Mode = Literal["online", "offline", "replay"]
+CALLER_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 MODES: tuple[str, ...] = ("online", "offline", "replay")
 
 
@@ -43,6 +45,7 @@ class GatewaySettings:
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
     log_format: str = "text"
+    require_caller_token: bool = False
     workers: int = 1
     daily_credit_budget: float = 0
     engines: tuple[str, ...] = V1_ENGINES
@@ -60,8 +63,10 @@ class CacheSettings:
     size_limit_bytes: int = 10 * 1024**3
     ttl_seconds: float = 0
     random_seed_policy: str = "cache"
+    variants: int = 4
     allow_cached_default: bool = False
     memory_tier_bytes: int = 64 * 1024 * 1024
+    max_ttl_seconds: float = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,17 @@ class TimeoutSettings:
     read_seconds: float = 60
     deadline_seconds: float = 120
     lease_seconds: float = 5
+
+
+@dataclass(frozen=True)
+class CallerSettings:
+    """A named caller (`[callers.NAME]`): identified by the SHA-256 of its token."""
+
+    token_sha256: str = ""
+    priority: str = "interactive"
+    requests_per_minute: int = 0
+    daily_credit_budget: float = 0
+    cache_scope: str = "shared"
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     defaults: dict[str, dict[str, Any]] = field(default_factory=_default_parameters)
     prices: dict[str, float] = field(default_factory=_default_prices)
+    callers: dict[str, CallerSettings] = field(default_factory=dict)
     # The upstream key is read from the environment only, never from a file, and never
     # printed: repr=False keeps it out of any log line that formats the settings.
     api_key: str = field(default="", repr=False)
@@ -184,6 +201,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_DEADLINE": ("timeouts", "deadline_seconds", float),
     "STABILITY_GATEWAY_TTL": ("cache", "ttl_seconds", float),
     "STABILITY_GATEWAY_RANDOM_SEED_POLICY": ("cache", "random_seed_policy", str),
+    "STABILITY_GATEWAY_VARIANTS": ("cache", "variants", int),
+    "STABILITY_GATEWAY_MAX_TTL": ("cache", "max_ttl_seconds", float),
+    "STABILITY_GATEWAY_REQUIRE_CALLER_TOKEN": ("gateway", "require_caller_token", bool),
     "STABILITY_GATEWAY_ALLOW_CACHED": ("cache", "allow_cached_default", bool),
     "STABILITY_GATEWAY_MEMORY_TIER_BYTES": ("cache", "memory_tier_bytes", int),
     "STABILITY_GATEWAY_LOG_LEVEL": ("gateway", "log_level", str),
@@ -244,7 +264,7 @@ def _section_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
 def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     """Build settings from a parsed TOML document; unknown sections or keys are errors."""
     # [styles.NAME] belongs to `stability-gateway generate` (gateway.client.styles).
-    unknown = sorted(set(data) - {*_SECTIONS, "defaults", "prices", "styles"})
+    unknown = sorted(set(data) - {*_SECTIONS, "defaults", "prices", "callers", "styles"})
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
     sections = {
@@ -259,7 +279,11 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         prices[str(route)] = _coerce(credits, float, f"[prices] {route}")
         if prices[str(route)] < 0:
             raise ConfigError(f"[prices] {route}: credits must be >= 0")
-    return Settings(**sections, defaults=defaults, prices=prices)
+    callers = {
+        str(name): _section_from(CallerSettings, values, f"callers.{name}")
+        for name, values in data.get("callers", {}).items()
+    }
+    return Settings(**sections, defaults=defaults, prices=prices, callers=callers)
 
 
 def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
@@ -278,8 +302,28 @@ def validate(settings: Settings) -> Settings:
     """Reject settings the gateway cannot honour, with a message naming the setting."""
     if settings.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
-    if settings.cache.random_seed_policy not in ("cache", "refresh"):
-        raise ConfigError("[cache] random_seed_policy must be 'cache' or 'refresh'")
+    if settings.cache.random_seed_policy not in ("cache", "refresh", "variants"):
+        raise ConfigError("[cache] random_seed_policy must be 'cache', 'refresh' or 'variants'")
+    if not 1 <= settings.cache.variants <= 64:
+        raise ConfigError("[cache] variants must be between 1 and 64")
+    if settings.cache.max_ttl_seconds <= 0:
+        raise ConfigError("[cache] max_ttl_seconds must be > 0")
+    for name, caller in settings.callers.items():
+        where = f"[callers.{name}]"
+        if not CALLER_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a caller's name is 1-64 of a-z, 0-9, _ and -")
+        if not re.fullmatch(r"[0-9a-f]{64}", caller.token_sha256):
+            raise ConfigError(f"{where} token_sha256: the hex SHA-256 of the caller's token "
+                              "(stability-gateway token new NAME prints one)")  # fmt: skip
+        if caller.priority not in ("interactive", "batch"):
+            raise ConfigError(f"{where} priority must be 'interactive' or 'batch'")
+        if caller.cache_scope not in ("shared", "private"):
+            raise ConfigError(f"{where} cache_scope must be 'shared' or 'private'")
+        if caller.requests_per_minute < 0 or caller.daily_credit_budget < 0:
+            raise ConfigError(f"{where}: requests_per_minute and daily_credit_budget are >= 0")
+    hashes = [c.token_sha256 for c in settings.callers.values()]
+    if len(hashes) != len(set(hashes)):
+        raise ConfigError("[callers]: two callers have the same token_sha256")
     if settings.rate_limit.backend not in ("disk", "memory"):
         raise ConfigError("[rate_limit] backend must be 'disk' or 'memory'")
     if settings.rate_limit.limit < 1 or settings.rate_limit.period_seconds <= 0:

@@ -34,7 +34,6 @@ import anyio.to_thread
 import httpx
 
 from cache.interfaces import (
-    ANONYMOUS,
     CoordinationError,
     Coordinator,
     LedgerRecord,
@@ -44,6 +43,8 @@ from cache.interfaces import (
 from cache.lease import Lease
 from cache.memory import TieredEntryStore
 from cache.model import Artifact, Entry
+from gateway.callers import ANONYMOUS as ANONYMOUS_CALLER
+from gateway.callers import Caller
 from gateway.config import Settings
 from gateway.counters import Counters
 from gateway.credits import Attempt, Budget, attempt_charges, price_of
@@ -62,6 +63,19 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONTENT_POLICY_ERRORS = ("invalid_prompts", "content_moderation")
 CREDENTIAL_TTL_SECONDS = 24 * 3600
 STORE_WAIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one upstream call carries beside the request: the caller's headers (for its
+    credential when the gateway has no key), its place in the fair queue, the budgets it
+    is held to, and the request's deadline."""
+
+    headers: Mapping[str, str]
+    ticket: Ticket
+    credential: str
+    budgets: Sequence[Budget]
+    deadline: Deadline
 
 
 @dataclass(frozen=True)
@@ -153,26 +167,29 @@ class Fetcher:
         self,
         generation: Generation,
         route: RouteSpec,
-        caller: Mapping[str, str],
+        headers: Mapping[str, str],
         *,
         store: bool,
         seen: str | None,
         deadline: Deadline,
-        ticket: Ticket = ANONYMOUS,
         fresh: bool = False,
+        caller: Caller = ANONYMOUS_CALLER,
     ) -> tuple[Outcome, Role]:
         """The outcome for this request, and its role in the flight (see SingleFlight.run:
         it led the work, or shared another request's). `seen` is the version of the entry
         found at lookup (None: none), so any other version stored meanwhile is new to this
-        request. A `fresh` request
-        (no-cache, a random seed under the refresh policy) takes no other request's result
-        but that of a call still under way when it came."""
-        credential = self.credential(caller)
+        request. A `fresh` request (no-cache, a random seed under the refresh policy) takes
+        no other request's result but that of a call still under way when it came. The
+        `caller` takes its turn in the fair queue, and is held to its own budget too."""
+        credential = self.credential(headers)
+        budgets = [self.budget]
+        if caller.daily_credit_budget:
+            budgets.append(Budget(self.coordinator, caller.daily_credit_budget, caller.name))
+        call = Call(headers, caller.ticket, credential, budgets, deadline)
 
         async def work(flight: Flight[Outcome]) -> Outcome:
             if not store:
-                return await self._call(flight, generation, route, caller, deadline, ticket,
-                                        credential, store=False)  # fmt: skip
+                return await self._call(flight, generation, route, call, store=False)
             async with Lease(
                 self.coordinator, f"flight:{generation.key}", self.settings.timeouts.lease_seconds
             ) as lease:
@@ -182,8 +199,7 @@ class Fetcher:
                     return Failed(exc)
                 if shared is not None:
                     return Shared(shared)
-                return await self._call(flight, generation, route, caller, deadline, ticket,
-                                        credential, store=True)  # fmt: skip
+                return await self._call(flight, generation, route, call, store=True)
 
         key = self._flight_key(generation, credential) if store else uuid.uuid4().hex
         return await self.flights.run(key, work, join_late=not fresh)
@@ -256,24 +272,31 @@ class Fetcher:
         flight: Flight[Outcome],
         generation: Generation,
         route: RouteSpec,
-        caller: Mapping[str, str],
-        deadline: Deadline,
-        ticket: Ticket,
-        credential: str,
+        call: Call,
         *,
         store: bool,
     ) -> Outcome:
         price = self.price(generation)
+        reservations = []
         try:
-            reservation = await self.budget.reserve(price * generation.samples)
+            for budget in call.budgets:
+                reservations.append((budget, await budget.reserve(price * generation.samples)))
         except GatewayError as exc:
+            for budget, reservation in reservations:
+                await budget.settle(reservation, 0.0)
             return Failed(exc)
+        headers, deadline, ticket, credential = (
+            call.headers,
+            call.deadline,
+            call.ticket,
+            call.credential,
+        )
         tries: list[Attempt] = []
         charged: float | None = 0.0
         try:
             try:
                 answer = await self.upstream.send(
-                    generation.upstream, caller, deadline=deadline, ticket=ticket,
+                    generation.upstream, headers, deadline=deadline, ticket=ticket,
                     on_send=flight.commit, tries=tries,
                 )  # fmt: skip
             except GatewayError as exc:
@@ -302,7 +325,8 @@ class Fetcher:
             return outcome
         finally:
             self._record(generation, tries, charged, ticket.caller)
-            await self.budget.settle(reservation, charged)
+            for budget, reservation in reservations:
+                await budget.settle(reservation, charged)
 
     def _record(
         self, generation: Generation, tries: Sequence[Attempt], charged: float | None, caller: str
@@ -384,7 +408,9 @@ class Fetcher:
     async def _store(self, generation: Generation, artifacts: Sequence[Artifact]) -> str | None:
         """Store the entry; None when stored, else why not (logged, counted)."""
         try:
-            await self.entries.put(generation.key, artifacts, generation.summary)
+            await self.entries.put(
+                generation.key, artifacts, generation.summary, ttl=generation.ttl
+            )
         except StoreError as exc:
             self.counters.count("store_failures")
             log.error(

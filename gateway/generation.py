@@ -49,6 +49,7 @@ class Generation:
     samples: int = 1  # images the answer must hold: fewer is a partial answer, never cached
     summary: dict[str, Any] = field(default_factory=dict)  # shown by cache inspection
     v2: bool = False  # error bodies in v2beta's shape
+    ttl: float | None = None  # the entry's lifetime, when the request asked for one
 
 
 class Decoder(Protocol):

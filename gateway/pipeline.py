@@ -11,6 +11,7 @@ only code that decides an X-Cache value.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -21,8 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.interfaces import CoordinationError, StoreError
+from cache.keys import scoped_key
 from cache.memory import TieredEntryStore
 from cache.model import Artifact, Entry
+from gateway.callers import ANONYMOUS as ANONYMOUS_CALLER
+from gateway.callers import Caller, caller_of
 from gateway.config import Settings
 from gateway.counters import Counters
 from gateway.credits import price_of
@@ -39,6 +43,29 @@ from gateway.policy import Action, Controls, Decision, decide
 log = logging.getLogger("gateway.pipeline")
 
 STALE_WARNING = '111 - "Revalidation Failed"'
+MAX_VARIANT_TURNS = 10_000
+
+
+def variant_key(key: str, number: int) -> str:
+    return scoped_key(key, [f"variant={number}"])
+
+
+def scoped(generation: Generation, caller: Caller, controls: Controls) -> Generation:
+    """The request in its cache scope: a private caller's own entries, a namespace, and the
+    entry's lifetime asked for with X-Cache-TTL."""
+    scope = []
+    summary = dict(generation.summary)
+    if caller.private:
+        scope.append(f"caller={caller.name}")
+        summary["caller"] = caller.name
+    if controls.namespace:
+        scope.append(f"namespace={controls.namespace}")
+        summary["namespace"] = controls.namespace
+    if not scope and controls.ttl is None:
+        return generation
+    return dataclasses.replace(
+        generation, key=scoped_key(generation.key, scope), summary=summary, ttl=controls.ttl
+    )
 
 
 class Pipeline:
@@ -55,19 +82,28 @@ class Pipeline:
         self.counters = counters
         self.metrics = metrics
         self.fetcher = fetcher  # None in offline and replay modes: no upstream
+        self._turns: dict[str, int] = {}  # variants: whose turn it is next, per key
 
     async def handle(self, request: Request, route: RouteSpec) -> Response:
+        caller = caller_of(request.scope)
         try:
             generation = await route.parse(request)
+            controls = Controls.from_headers(
+                request.headers,
+                allow_cached_default=self.settings.cache.allow_cached_default,
+                max_ttl=self.settings.cache.max_ttl_seconds,
+            )
         except GatewayError as exc:
             return exc.response(v2=route.v2)
-        controls = Controls.from_headers(
-            request.headers, allow_cached_default=self.settings.cache.allow_cached_default
-        )
+        generation = scoped(generation, caller, controls)
+        headers: dict[str, str] = {}
+        if self._variants_apply(generation, controls):
+            generation, number = await self._variant(generation)
+            headers["X-Cache-Variant"] = f"{number}/{self.settings.cache.variants}"
         record = access.current()
         if record is not None:
             record.key = generation.key
-        headers = {"X-Cache-Key": generation.key}
+        headers["X-Cache-Key"] = generation.key
         try:
             if self.fetcher is not None and not controls.no_store:
                 await self.fetcher.stored(generation)
@@ -87,7 +123,9 @@ class Pipeline:
                 "%s %s key=%s: %s", generation.route, generation.engine, generation.key[:16],
                 decision.reason,
             )  # fmt: skip
-            response = await self._act(request, generation, route, controls, decision, entry)
+            response = await self._act(
+                request, generation, route, controls, decision, entry, caller
+            )
         except GatewayError as exc:
             response = self._error(exc, route, headers, "BYPASS" if controls.no_store else "MISS")
         else:
@@ -98,6 +136,39 @@ class Pipeline:
             record.cache = response.headers.get("x-cache", "")
             record.credits = float(response.headers["x-credits-charged"])
         return response
+
+    def _variants_apply(self, generation: Generation, controls: Controls) -> bool:
+        return (
+            self.settings.cache.random_seed_policy == "variants"
+            and self.settings.mode == "online"
+            and generation.random_seed
+            and not (controls.no_store or controls.no_cache)
+        )
+
+    async def _variant(self, generation: Generation) -> tuple[Generation, int]:
+        """Under `random_seed_policy = "variants"`: the first N random-seed requests for a
+        key each fill a variant of their own (1..N, each its own entry: one upstream call
+        each); later ones are served the variants in turn (per worker)."""
+        count = self.settings.cache.variants
+        keys = [variant_key(generation.key, i) for i in range(1, count + 1)]
+        versions = []
+        for key in keys:
+            try:
+                versions.append(await self.entries.version(key))
+            except (StoreError, CoordinationError):
+                versions.append(None)
+        missing = [i for i, version in enumerate(versions, start=1) if version is None]
+        if missing:
+            number = missing[0]
+        else:
+            turn = self._turns.pop(generation.key, 0)
+            self._turns[generation.key] = turn + 1
+            while len(self._turns) > MAX_VARIANT_TURNS:
+                self._turns.pop(next(iter(self._turns)))
+            number = turn % count + 1
+        summary = {**generation.summary, "variant": number, "variants": count,
+                   "variant_of": generation.key}  # fmt: skip
+        return dataclasses.replace(generation, key=keys[number - 1], summary=summary), number
 
     def _saved(self, generation: Generation, artifacts: Sequence[Artifact], entry: Entry | None,
                caller: str = "anonymous") -> None:  # fmt: skip
@@ -128,6 +199,7 @@ class Pipeline:
         controls: Controls,
         decision: Decision,
         entry: Entry | None,
+        caller: Caller = ANONYMOUS_CALLER,
     ) -> Response:
         if decision.action is Action.SERVE:
             assert entry is not None
@@ -138,7 +210,7 @@ class Pipeline:
                 if refused is not None:
                     return forward(refused, {"X-Cache": "MISS"})
             self.counters.hit(generation.key, entry.nbytes)
-            self._saved(generation, entry.artifacts, entry)
+            self._saved(generation, entry.artifacts, entry, caller.name)
             return route.render(entry.artifacts, generation, {"X-Cache": "HIT"})
         if decision.action is Action.MISS:
             self.counters.count("misses")
@@ -163,6 +235,7 @@ class Pipeline:
             seen=entry.version if entry is not None else None,
             deadline=deadline,
             fresh=decision.fresh,
+            caller=caller,
         )
         try:
             outcome, role = await unless_disconnected(request, fetching)
@@ -176,7 +249,7 @@ class Pipeline:
             # request it was already there, a hit.
             response.headers["X-Cache"] = "HIT"
             self.counters.hit(generation.key, sum(len(a.data) for a in outcome.artifacts))
-            self._saved(generation, outcome.artifacts, None)
+            self._saved(generation, outcome.artifacts, None, caller.name)
         elif role == "led" and not isinstance(outcome, Shared):
             self.counters.count("misses")
             if isinstance(outcome, Fetched | Refused) and outcome.credits:
@@ -186,7 +259,7 @@ class Pipeline:
             if self.metrics is not None:
                 self.metrics.coalesced.inc()
             if isinstance(outcome, Shared):
-                self._saved(generation, outcome.entry.artifacts, outcome.entry)
+                self._saved(generation, outcome.entry.artifacts, outcome.entry, caller.name)
         return response
 
     async def _placeholder(
@@ -196,8 +269,9 @@ class Pipeline:
         if decision.store:
             try:
                 await self.entries.put(
-                    generation.key, artifacts, generation.summary, source="offline"
-                )
+                    generation.key, artifacts, generation.summary, source="offline",
+                    ttl=generation.ttl,
+                )  # fmt: skip
             except StoreError as exc:
                 log.error("cache folder %s: could not store a placeholder (%s)", exc.where, exc)
         return artifacts

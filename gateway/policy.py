@@ -7,11 +7,16 @@ decision's reason and carries it out.
 from __future__ import annotations
 
 import enum
+import math
+import re
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
 from cache.model import EntryMeta
+from gateway.errors import BadRequest
+
+NAMESPACE = re.compile(r"[a-z0-9_-]{1,64}")
 
 
 class Action(enum.Enum):
@@ -27,14 +32,21 @@ class Controls:
     no_store: bool = False  # neither read nor write the cache
     only_if_cached: bool = False  # never the upstream: 504 on a miss
     allow_cached: bool = False  # a failed upstream call may be answered with the entry
+    max_age: float | None = None  # serve an entry only if it is younger than this (s)
+    ttl: float | None = None  # store the entry with this lifetime (s)
+    namespace: str | None = None  # a cache of its own: part of the key
 
     @classmethod
-    def from_headers(cls, headers: Headers, *, allow_cached_default: bool) -> Controls:
-        directives = {
-            d.strip().lower().split("=")[0]
-            for d in headers.get("cache-control", "").split(",")
-            if d.strip()
-        }
+    def from_headers(
+        cls, headers: Headers, *, allow_cached_default: bool, max_ttl: float = math.inf
+    ) -> Controls:
+        """The request's cache controls; BadRequest for a malformed one (a control the
+        caller meant to send must not be quietly ignored)."""
+        directives: dict[str, str] = {}
+        for part in headers.get("cache-control", "").split(","):
+            name, _, value = part.strip().partition("=")
+            if name:
+                directives[name.lower()] = value.strip().strip('"')
         allow = headers.get("x-allow-cached")
         return cls(
             no_cache="no-cache" in directives,
@@ -45,7 +57,42 @@ class Controls:
                 if allow is not None
                 else allow_cached_default
             ),
+            max_age=(
+                _seconds("Cache-Control max-age", directives["max-age"], math.inf)
+                if "max-age" in directives
+                else None
+            ),
+            ttl=_ttl(headers.get("x-cache-ttl"), max_ttl),
+            namespace=_namespace(headers.get("x-cache-namespace")),
         )
+
+
+def _seconds(what: str, raw: str, maximum: float) -> float:
+    if not raw.strip().isdigit() or len(raw.strip()) > 12:
+        raise BadRequest(f"{what}: expected whole seconds, got {raw[:40]!r}", name="bad_request")
+    value = float(raw.strip())
+    if value > maximum:
+        raise BadRequest(f"{what}: at most {maximum:g} seconds, got {value:g}", name="bad_request")
+    return value
+
+
+def _ttl(raw: str | None, maximum: float) -> float | None:
+    if raw is None:
+        return None
+    value = _seconds("X-Cache-TTL", raw, maximum)
+    if value < 1:
+        raise BadRequest("X-Cache-TTL: at least 1 second", name="bad_request")
+    return value
+
+
+def _namespace(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not NAMESPACE.fullmatch(raw):
+        raise BadRequest(
+            f"X-Cache-Namespace: 1-64 of a-z, 0-9, _ and -; got {raw[:70]!r}", name="bad_request"
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -83,6 +130,11 @@ def decide(
         return Decision(Action.MISS, "replay: not cached")
 
     real = meta is not None and meta.source != "offline"
+    too_old = (
+        controls.max_age is not None
+        and meta is not None
+        and (now - meta.created_at > controls.max_age)
+    )
     expired = (
         meta is not None
         and real
@@ -101,6 +153,8 @@ def decide(
         return Decision(Action.FETCH, "no-cache: refresh", stale=True, fresh=True)
     if expired:
         return Decision(Action.FETCH, "expired", stale=True)
+    if too_old:
+        return Decision(Action.FETCH, "older than the request's max-age", stale=True)
     if refresh_random and random_seed:
         return Decision(Action.FETCH, "random seed: fresh image", stale=True, fresh=True)
     return Decision(Action.SERVE, "hit")

@@ -269,7 +269,7 @@ def test_one_access_line_per_request_with_the_error_id(fake: FakeStability, tmp_
         hit = post(gateway, "logged")
         refused = httpx.post(gateway.url + TEXT, json={"text_prompts": "a cat"})
         httpx.get(gateway.url + "/cache/stats")
-        logs = gateway.logs()
+    logs = gateway.logs()  # after the stop: an access line is written after its answer
     access = [line for line in logs.splitlines() if "gateway.access" in line]
     assert len(access) == 4, access
     key = miss.headers["x-cache-key"][:16]

@@ -187,9 +187,9 @@ def test_json_logs_one_object_per_line(fake: FakeStability, tmp_path: Path) -> N
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
             client.post(TEXT, json=body("json"), headers={"Authorization": f"Bearer {KEY}"})
             refused = client.post(TEXT, json={"text_prompts": "a cat"})
-        logs = gateway.logs()
     finally:
-        gateway.stop()
+        gateway.stop()  # every line written: an access line follows its answer
+    logs = gateway.logs()
     objects = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     assert len(objects) >= 4
     access = [o for o in objects if o.get("logger") == "gateway.access"]
