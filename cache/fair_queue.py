@@ -14,7 +14,8 @@ live in one place and are tested without any I/O:
 - **Fair order.** Tickets are served interactive before batch; among callers of one
   priority, in turn (the caller served longest ago goes first); within one caller, first
   come first served. A ticket may send when the schedule built by giving every ticket
-  ahead of it its own slot still leaves one for it now.
+  ahead of it its own slot still leaves one for it now, and every ticket ahead has sent:
+  when a window reopens for several at once they go one after the other, in order.
 - **Cool-down.** After an upstream 429 nobody sends before `cooldown_until`.
 """
 
@@ -26,6 +27,8 @@ from typing import Any
 from cache.interfaces import Priority, QueueFull, Ticket
 
 MAX_CALLERS_REMEMBERED = 1000
+# A ticket whose slot has come but with a ticket ahead still to send tries again after this.
+IN_ORDER_SECONDS = 0.01
 _PRIORITY_RANK: dict[str, int] = {"interactive": 0, "batch": 1}
 
 
@@ -152,10 +155,7 @@ def join(
     if wait > rules.max_wait:
         del state.tickets[ident]
         raise QueueFull(wait, rules.max_wait)
-    if wait <= 0:
-        _send(state, ident, now, rules)
-        return 0.0
-    return wait
+    return _go(state, ident, now, rules, wait)
 
 
 def poll(state: QueueState, ident: str, ticket: Ticket, now: float, rules: Rules) -> float:
@@ -171,11 +171,19 @@ def poll(state: QueueState, ident: str, ticket: Ticket, now: float, rules: Rules
         )
     else:
         waiting.expires = now + rules.ticket_ttl
-    wait = schedule(state, now, rules)[ident] - now
-    if wait <= 0:
-        _send(state, ident, now, rules)
-        return 0.0
-    return wait
+    return _go(state, ident, now, rules, schedule(state, now, rules)[ident] - now)
+
+
+def _go(state: QueueState, ident: str, now: float, rules: Rules, wait: float) -> float:
+    """Send if the ticket's turn has come and no ticket ahead of it is still waiting:
+    tickets due at the same moment (a window reopening for several) go strictly one after
+    the other, in their order, each a moment (`IN_ORDER_SECONDS`) after the one before."""
+    if wait > 0:
+        return wait
+    if fair_order(state)[0] != ident:
+        return IN_ORDER_SECONDS
+    _send(state, ident, now, rules)
+    return 0.0
 
 
 def leave(state: QueueState, ident: str) -> None:

@@ -24,8 +24,8 @@ from starlette.routing import Route
 from cache.interfaces import LedgerRecord
 from cache.model import EntryMeta
 from gateway.backends import Backends, open_backends
-from gateway.config import Settings, load_settings
 from gateway.callers import CallerGate
+from gateway.config import Settings, load_settings
 from gateway.counters import Counters
 from gateway.credits import Attempt, Budget, price_of
 from gateway.errors import GatewayError, NotFound
@@ -161,6 +161,7 @@ def create_app(
         exposed=exposed,
         settle=(lambda: fetcher.flights.settled(SETTLE_SECONDS)) if fetcher else None,
         coordinator=coordinator,
+        variants=settings.cache.variants if settings.cache.random_seed_policy == "variants" else 0,
     )
 
     async def refresh_gauges() -> None:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-
-from starlette.responses import JSONResponse
+from typing import TYPE_CHECKING
 
 from gateway.http.access import note_error
+
+if TYPE_CHECKING:  # the web stack is imported only when an error is rendered, so the CLI
+    from starlette.responses import JSONResponse  # can use these errors without it
 
 
 class GatewayError(Exception):
@@ -55,6 +57,8 @@ class GatewayError(Exception):
     ) -> JSONResponse:
         """The error as Stability would answer it. Its id (32 hex, like Stability's own) is
         written to the access log too, so an error a caller reports can be found there."""
+        from starlette.responses import JSONResponse
+
         ident = uuid.uuid4().hex
         note_error(self.name, ident, self.message if self.status < 500 else "")
         return JSONResponse(

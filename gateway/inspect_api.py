@@ -23,7 +23,7 @@ from cache.interfaces import Coordinator, EntryQuery, LedgerQuery, StoreError
 from cache.memory import TieredEntryStore
 from gateway.counters import Counters
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized, UpstreamUnavailable
-from gateway.stats import KeyNotFound, cache_stats, find_key
+from gateway.stats import KeyNotFound, cache_stats, find_key, variants_of
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -54,8 +54,10 @@ class InspectionAPI:
         exposed: bool = False,
         settle: Callable[[], Awaitable[None]] | None = None,
         coordinator: Coordinator | None = None,
+        variants: int = 0,
     ) -> None:
         self.coordinator = coordinator
+        self.variants = variants  # random-seed variants a key may have (0: the policy is off)
         self.entries = entries
         self.counters = counters
         # Images this process answered and is still storing are waited for first, so that
@@ -164,12 +166,21 @@ class InspectionAPI:
         )
 
     async def _meta(self, request: Request) -> dict[str, Any]:
-        key = await resolve_key(self.entries, request.path_params["key"])
+        """An entry, with its random-seed variants when it has some; a request key whose
+        only entries are variants shows just those."""
+        key = request.path_params["key"]
+        if len(key) != 64:
+            key = await resolve_key(self.entries, key)
         await self.counters.flush()
         meta = await self.entries.get_meta(key)
-        if meta is None:
+        base = str(meta.summary.get("variant_of") or key) if meta is not None else key
+        variants = await variants_of(self.entries, base, self.variants) if self.variants else []
+        if meta is None and not variants:
             raise NotFound(f"no cache entry with key {key!r}")
-        return meta.public()
+        shown: dict[str, Any] = meta.public() if meta is not None else {"key": key}
+        if variants:
+            shown["variants"] = variants
+        return shown
 
     async def entry(self, request: Request) -> Response:
         return JSONResponse(await self._meta(request))

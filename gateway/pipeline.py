@@ -32,22 +32,19 @@ from gateway.counters import Counters
 from gateway.credits import price_of
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, GatewayTimeout
-from gateway.fetch import Failed, Fetched, Fetcher, Outcome, Refused, Shared
+from gateway.fetch import STORE_WAIT_SECONDS, Failed, Fetched, Fetcher, Outcome, Refused, Shared
 from gateway.generation import Generation, RouteSpec
 from gateway.http import access
 from gateway.http.disconnect import ClientGone, unless_disconnected
 from gateway.http.forward import forward
 from gateway.metrics import Metrics
 from gateway.policy import Action, Controls, Decision, decide
+from gateway.stats import variant_key
 
 log = logging.getLogger("gateway.pipeline")
 
 STALE_WARNING = '111 - "Revalidation Failed"'
 MAX_VARIANT_TURNS = 10_000
-
-
-def variant_key(key: str, number: int) -> str:
-    return scoped_key(key, [f"variant={number}"])
 
 
 def scoped(generation: Generation, caller: Caller, controls: Controls) -> Generation:
@@ -153,6 +150,8 @@ class Pipeline:
         keys = [variant_key(generation.key, i) for i in range(1, count + 1)]
         versions = []
         for key in keys:
+            if self.fetcher is not None:  # a variant just answered is still being stored
+                await self.fetcher.flights.finished(key, STORE_WAIT_SECONDS)
             try:
                 versions.append(await self.entries.version(key))
             except (StoreError, CoordinationError):

@@ -77,3 +77,25 @@ async def find_key(entries: EntryStore, given: str) -> str:
     if len(matches) > 1:
         raise KeyNotFound(f"more than one entry has a key starting {given!r}: give more of it")
     return str(matches[0])
+
+
+def variant_key(key: str, number: int) -> str:
+    """The entry of the `number`-th random-seed variant of a request (random_seed_policy
+    "variants"): the request's key in a scope of its own."""
+    from cache.keys import scoped_key
+
+    return scoped_key(key, [f"variant={number}"])
+
+
+async def variants_of(entries: EntryStore, key: str, count: int) -> list[dict[str, Any]]:
+    """The variants stored for a request key (or for the request a variant belongs to)."""
+    out = []
+    for number in range(1, count + 1):
+        meta = await entries.get_meta(variant_key(key, number))
+        if meta is not None:
+            out.append({
+                "variant": number, "key": meta.key, "created_at": meta.created_at,
+                "hits": meta.hits, "bytes": meta.bytes,
+                "seeds": [a.seed for a in meta.artifacts],
+            })  # fmt: skip
+    return out

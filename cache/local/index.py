@@ -195,7 +195,9 @@ class Index:
             args.append(query.until)
         source, order = "entries e", "e.id"
         if query.prompt and len(query.prompt) >= TRIGRAM:
-            source, order = "entries_fts f JOIN entries e ON e.id = f.rowid", "f.rowid"
+            # CROSS JOIN: SQLite keeps the FTS index as the outer loop (an engine index
+            # first, then the FTS match per row, took seconds at 100,000 entries).
+            source, order = "entries_fts f CROSS JOIN entries e ON e.id = f.rowid", "f.rowid"
             where.insert(0, "entries_fts MATCH ?")
             args.insert(0, '"' + query.prompt.replace('"', '""') + '"')
         elif query.prompt:

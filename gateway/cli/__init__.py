@@ -8,6 +8,7 @@ work on a gateway that is stopped, or on a folder copied from another machine.
     server_limits.py   what one connection may cost it (headers, slow clients, connections)
     cache_commands.py  cache ls | stats | show | rm | purge
     store_access.py    the few store calls the cache commands make
+    token.py           token new NAME: a caller token, and its [callers.NAME] table
     (generate: gateway.client.command, the video team's script runner)
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from gateway.backends import BackendError
-from gateway.cli import cache_commands, serve_args
+from gateway.cli import cache_commands, serve_args, token
 from gateway.client.command import add_generate_parser
 from gateway.config import ConfigError
 
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     serve_args.add_parser(sub)
     cache_commands.add_parser(sub)
     add_generate_parser(sub)
+    token.add_parser(sub)
     return p
 
 

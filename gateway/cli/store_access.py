@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from cache.interfaces import EntryQuery
 from gateway.backends import Backends, open_backends
 from gateway.config import Settings
-from gateway.stats import KeyNotFound, cache_stats, find_key
+from gateway.stats import KeyNotFound, cache_stats, find_key, variants_of
 
 T = TypeVar("T")
 Meta = dict[str, Any]
@@ -47,6 +47,8 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.runner = asyncio.Runner()
         self.backends: Backends = open_backends(settings)
+        policy = settings.cache.random_seed_policy
+        self.variants = settings.cache.variants if policy == "variants" else 0
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(work)
@@ -74,8 +76,18 @@ def list_page(store: Store, limit: int, offset: int) -> tuple[int, list[Meta]]:
 
 
 def get_meta(store: Store, key: str) -> Meta | None:
-    meta = store.run(store.backends.entries.get_meta(key))
-    return None if meta is None else meta.public()
+    """An entry as the inspection endpoints show it, with its random-seed variants."""
+    entries = store.backends.entries
+    meta = store.run(entries.get_meta(key))
+    count = store.variants
+    base = str(meta.summary.get("variant_of") or key) if meta is not None else key
+    variants = store.run(variants_of(entries, base, count)) if count else []
+    if meta is None and not variants:
+        return None
+    shown: dict[str, Any] = meta.public() if meta is not None else {"key": key}
+    if variants:
+        shown["variants"] = variants
+    return shown
 
 
 def get_images(store: Store, key: str) -> list[tuple[bytes, str]] | None:
