@@ -61,15 +61,19 @@ class RedisConnection:
         self.url = url
         self.where = redact(url)
         self.prefix = prefix
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: past MAX_CONNECTIONS commands under way, the next one waits for
+        # a connection (up to the socket timeout) instead of failing at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             password=password or None,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 1),
             max_connections=MAX_CONNECTIONS,
+            timeout=SOCKET_TIMEOUT_SECONDS,
             health_check_interval=30,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._users = 0
         self._closed = False
         self._listener: Listener | None = None
@@ -105,6 +109,7 @@ class RedisConnection:
             if self._listener is not None:
                 await self._listener.close()
             await self.client.aclose()
+            await self.client.connection_pool.disconnect()
 
     @contextlib.contextmanager
     def store_errors(self) -> Iterator[None]:

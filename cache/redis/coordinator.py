@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from cache.local.ratelimit import MemoryRateLimiter
 from cache.redis.connection import RedisConnection
 from cache.redis.ledger import RedisLedger
 from cache.redis.ratelimit import RedisRateLimiter
+
+log = logging.getLogger("cache.redis")
 
 # How often a waiter looks for itself while the subscription is down (it cannot hear
 # releases then): rare, and only until the subscription is back.
@@ -218,6 +221,12 @@ class RedisCoordinator:
             return await self.ledger.query(query)
 
     async def close(self) -> None:
+        if isinstance(self.limiter, RedisRateLimiter) and self.limiter.transactions:
+            log.info(
+                "rate limiter: %d changes committed, %d made again after another replica's "
+                "change (contention retries)",
+                self.limiter.transactions, self.limiter.retries,
+            )  # fmt: skip
         await self.connection.close()
 
 
