@@ -116,7 +116,6 @@ def _open_redis(settings: Settings) -> Backends:
         period=r.period_seconds,
         margin=r.margin_seconds,
         max_wait=r.max_wait_seconds,
-        backend=r.backend,
     )
     tier = MemoryTier(settings.cache.memory_tier_bytes)
     tiered = (

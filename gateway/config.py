@@ -105,9 +105,10 @@ class RedisSettings:
     url: str = field(default="", repr=False)
     password: str = field(default="", repr=False)
     prefix: str = "stability-gateway:"
-    # How a replica's memory tier knows a held entry is still the shared one: "version"
-    # asks Redis on every hit, "invalidation" trusts it until a pub/sub message says not.
-    hit_check: str = "version"
+    # How a replica's memory tier knows a held entry is still the shared one: "invalidation"
+    # trusts it until a pub/sub message says not (no round trip per hit: measured in
+    # bench/README.md), "version" asks Redis on every hit.
+    hit_check: str = "invalidation"
 
 
 def _default_parameters() -> dict[str, dict[str, Any]]:
@@ -197,6 +198,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_REDIS_PREFIX": ("redis", "prefix", str),
     "STABILITY_GATEWAY_REDIS_HIT_CHECK": ("redis", "hit_check", str),
     "STABILITY_GATEWAY_BLOB_STORE": ("cache", "blob_store", str),
+    "STABILITY_GATEWAY_CACHE_SIZE_LIMIT": ("cache", "size_limit_bytes", int),
     "STABILITY_GATEWAY_S3_ENDPOINT_URL": ("cache", "s3_endpoint_url", str),
 }
 
@@ -307,6 +309,11 @@ def _validate_shared(settings: Settings) -> None:
         )
     if not r.prefix:
         raise ConfigError("[redis] prefix must not be empty (STABILITY_GATEWAY_REDIS_PREFIX)")
+    if r.url and settings.rate_limit.backend == "memory":
+        raise ConfigError(
+            "[rate_limit] backend 'memory' is per process: with STABILITY_GATEWAY_REDIS_URL "
+            "every replica would send the whole limit; use 'disk' (the limit is then in Redis)"
+        )
     if r.hit_check not in ("version", "invalidation"):
         raise ConfigError("[redis] hit_check must be 'version' or 'invalidation'")
     if blobs.startswith("s3://"):

@@ -158,17 +158,31 @@ def test_one_call_for_identical_requests_across_replicas(
     assert len(images) == 1
 
 
+@pytest.mark.parametrize("hit_check", ["version", "invalidation"])
 def test_a_miss_on_one_replica_is_a_hit_on_the_other(
-    fake: FakeStability, redis_server: RedisServer, start_pair: StartPair, prompt: str
+    fake: FakeStability,
+    redis_server: RedisServer,
+    start_pair: StartPair,
+    prompt: str,
+    hit_check: str,
 ) -> None:
-    """Test 3: a miss on replica A, then the same request on B: a HIT, no upstream call."""
-    a, b = start_pair(fake.url, redis_server.url)
+    """Test 3: a miss on replica A, then the same request on B: a HIT, no upstream call.
+    Then the entry is deleted on A: B's memory copy is not served any more (either way of
+    checking it), the next request on B is a miss."""
+    a, b = start_pair(fake.url, redis_server.url, redis_hit_check=hit_check)
     first = post(a, body(prompt))
     assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
-    second = post(b, body(prompt))
-    assert second.status_code == 200 and second.headers["x-cache"] == "HIT"
-    assert second.json() == first.json()
+    for _ in range(3):
+        second = post(b, body(prompt))
+        assert second.status_code == 200 and second.headers["x-cache"] == "HIT"
+        assert second.json() == first.json()
     assert len(fake.generation_calls()) == 1
+    deleted = httpx.delete(f"{a.url}/cache/entries/{first.headers['x-cache-key']}")
+    assert deleted.status_code == 200
+    time.sleep(0.5)  # the invalidation message's trip, with room to spare
+    third = post(b, body(prompt))
+    assert third.status_code == 200 and third.headers["x-cache"] == "MISS"
+    assert len(fake.generation_calls()) == 2
     health = httpx.get(f"{b.url}/healthz").json()
     assert (health["backend"], health["backend_reachable"], health["blobs"]) == (
         "redis",

@@ -69,6 +69,9 @@ async def test_without_redis_a_miss_is_503_coordination_unavailable_and_no_call(
             assert set(response.json()) == ({"id", "name", "errors"} if v2 else
                                             {"id", "name", "message"})  # fmt: skip
         health = (await c.get("/healthz")).json()
+        for path in ("/cache/stats", "/cache/entries"):
+            inspected = await c.get(path)  # a 503 in Stability's shape, not a plain 500
+            assert inspected.status_code == 503 and inspected.json()["name"] == "cache_unavailable"
     assert calls == []
     assert (health["status"], health["backend"], health["backend_reachable"]) == (
         "degraded", "redis", False,
@@ -222,6 +225,25 @@ async def test_invalidation_tier_serves_from_memory_until_told_otherwise(
         await writer.close()
 
 
+async def test_invalidation_tier_takes_concurrent_reads_of_one_key(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Many requests for one key at once (the single-flight case): every read is its own
+    (a regression: reads compared equal, and one's bookkeeping removed another's)."""
+    connection = RedisConnection(redis_server.url, prefix=redis_prefix)
+    store = RedisEntryStore(connection, RedisBlobStore(connection))
+    tier = InvalidatedTier(store, MemoryTier(10_000_000), connection.listener)
+    try:
+        await store.put("k", [Artifact(b"one", 1)], {})
+        got = await asyncio.gather(*(tier.get("k") for _ in range(50)))
+        assert all(e is not None and e.artifacts[0].data == b"one" for e in got)
+        assert tier._reading == {}
+        missing = await asyncio.gather(*(tier.get("none") for _ in range(20)))
+        assert missing == [None] * 20 and tier._reading == {}
+    finally:
+        await tier.close()
+
+
 async def test_version_tier_asks_on_every_hit(redis_server: RedisServer, redis_prefix: str) -> None:
     connection = RedisConnection(redis_server.url, prefix=redis_prefix)
     store = RedisEntryStore(connection, RedisBlobStore(connection))
@@ -261,6 +283,7 @@ def test_settings_for_redis(tmp_path: Path) -> None:
         {"STABILITY_GATEWAY_REDIS_URL": "http://h"},
         {"STABILITY_GATEWAY_REDIS_URL": "redis://h", "STABILITY_GATEWAY_REDIS_PREFIX": ""},
         {"STABILITY_GATEWAY_REDIS_URL": "redis://h", "STABILITY_GATEWAY_REDIS_HIT_CHECK": "x"},
+        {"STABILITY_GATEWAY_REDIS_URL": "redis://h", "STABILITY_GATEWAY_RATE_BACKEND": "memory"},
     ):
         with pytest.raises(ConfigError):
             load_settings(environ={"STABILITY_GATEWAY_CONFIG": str(none), **bad})

@@ -13,14 +13,21 @@ Each: wrk -c64 PNG hits (warm-up, then measured: req/s, p50, p99), then wrk -c1 
 alone, no queueing: p50 and p99). The added latency of a hit is the -c1 p50 on Redis minus
 the local one. Server CPU per hit counts the gateway and, on Redis, redis-server too.
 
-All three run at once and are measured in two rounds, the second in the reverse order,
+A second measurement, in process and much less sensitive to other load: the memory-tier
+lookup alone (`get` of a held entry, what a hit costs before rendering), timed over
+`LOOKUPS` calls one after another, for each backend: wall and CPU microseconds per hit.
+
+All three gateways run at once and are measured in two rounds, the second in the reverse order,
 and each figure is the mean of its two rounds: on a shared machine, load that comes and
 goes then weighs on every contender alike rather than on whichever ran at that moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import time
+import uuid
 
 import httpx
 
@@ -29,9 +36,16 @@ from bench.context import Context
 from bench.report import Measurement, SectionResult, Target
 from bench.servers import UNTHROTTLED, running_redis, start_gateway, start_replicas
 from bench.upstream import TEXT_TO_IMAGE, generation_count, hit_body, running_fake
+from cache.local import LocalEntryStore
+from cache.memory import MemoryTier, TieredEntryStore
+from cache.model import Artifact
+from cache.redis import RedisBlobStore, RedisConnection, RedisEntryStore
+from cache.redis.tier import InvalidatedTier
 from tests.fakes import GatewayProcess, ok
+from tests.fakes.images import png_bytes
 
 PNG = "image/png"
+LOOKUPS = 5000
 CONTENDERS = ("local", "redis, hit_check=version", "redis, hit_check=invalidation")
 
 
@@ -47,6 +61,37 @@ def _prime(url: str) -> list[str]:
         response.raise_for_status()
         seen.append(response.headers.get("x-cache", "?"))
     return seen
+
+
+async def _lookups(ctx: Context, redis_url: str) -> dict[str, tuple[float, float]]:
+    """Microseconds (wall, CPU of this process) per memory-tier hit, per backend."""
+    image = [Artifact(png_bytes(1344, 768), 1)]
+    prefix = f"bench-lookup-{uuid.uuid4().hex[:8]}:"
+    one = RedisConnection(redis_url, prefix=prefix)
+    redis_store = RedisEntryStore(one, RedisBlobStore(one))
+    local_store = LocalEntryStore(ctx.work / "lookup-local")
+    tiers = {
+        "local": TieredEntryStore(local_store, MemoryTier(64 * 1024**2)),
+        "redis, hit_check=version": TieredEntryStore(redis_store, MemoryTier(64 * 1024**2)),
+        "redis, hit_check=invalidation": InvalidatedTier(
+            redis_store, MemoryTier(64 * 1024**2), one.listener
+        ),
+    }
+    results = {}
+    try:
+        for who, tier in tiers.items():
+            await tier.put("k", image, {})
+            for _ in range(100):  # warm: connections made, the copy held and marked
+                assert await tier.get("k") is not None
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(LOOKUPS):
+                await tier.get("k")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            results[who] = (1e6 * wall / LOOKUPS, 1e6 * cpu / LOOKUPS)
+    finally:
+        await local_store.close()
+        await redis_store.close()
+    return results
 
 
 def _measure(
@@ -67,6 +112,7 @@ def _measure(
         "p99": loaded.latency_ms["p99"],
         "failed": float(loaded.failed + single.failed),
         "cpu_ms": 1000 * (user + system + redis_cpu) / loaded.requests if loaded.requests else 0,
+        "redis_cpu_ms": 1000 * redis_cpu / loaded.requests if loaded.requests else 0,
         "single_p50": single.latency_ms["p50"],
         "single_p99": single.latency_ms["p99"],
     }
@@ -98,6 +144,8 @@ def run(ctx: Context) -> SectionResult:
             for gateway in gateways.values():
                 gateway.stop()
         calls = generation_count(fake)
+        ctx.log(f"redis-hit: {LOOKUPS} memory-tier lookups per backend, in process")
+        lookups = asyncio.run(_lookups(ctx, redis.url))
     results = {
         who: {name: statistics.mean(r[name] for r in runs) for name in runs[0]}
         for who, runs in rounds.items()
@@ -119,7 +167,8 @@ def run(ctx: Context) -> SectionResult:
                 who,
                 r["cpu_ms"],
                 "ms",
-                "gateway (+ redis-server) user+sys CPU / requests, -c64 run",
+                f"gateway + redis-server user+sys CPU / requests, -c64 run (redis-server: "
+                f"{r['redis_cpu_ms']:.3f} ms)",
             ),
             Measurement("failed requests", who, r["failed"], "", "wrk, both runs", Target("==", 0)),
         )
@@ -136,6 +185,14 @@ def run(ctx: Context) -> SectionResult:
                 Target(">=", 0.9),
             ),
             Measurement(
+                "hit throughput ratio, from CPU per hit",
+                f"{who} / local",
+                base["cpu_ms"] / r["cpu_ms"] if r["cpu_ms"] else None,
+                "x",
+                "local CPU per hit / this one's (redis-server's included): the throughput "
+                "ratio where CPU is the bound, steadier than req/s on a shared machine",
+            ),
+            Measurement(
                 "added latency of a hit",
                 f"{who} - local",
                 r["single_p50"] - base["single_p50"],
@@ -143,6 +200,29 @@ def run(ctx: Context) -> SectionResult:
                 "difference of the one-connection p50s",
             ),
         )
+    lookup_how = f"{LOOKUPS} sequential TieredEntryStore.get of a held entry, in process"
+    for who, (wall, cpu) in lookups.items():
+        section.add(
+            Measurement("memory-tier hit lookup, wall", who, wall, "µs", lookup_how),
+            Measurement(
+                "memory-tier hit lookup, CPU",
+                who,
+                cpu,
+                "µs",
+                lookup_how + " (this process only; redis-server's not counted)",
+            ),
+        )
+    for who in CONTENDERS[1:]:
+        section.add(
+            Measurement(
+                "added latency of a hit, lookup",
+                f"{who} - local",
+                lookups[who][0] - lookups["local"][0],
+                "µs",
+                "difference of the in-process lookup walls above",
+            )
+        )
+    section.raw["lookups_us"] = lookups
     section.add(
         Measurement(
             "upstream calls",

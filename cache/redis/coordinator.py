@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cache.interfaces import LedgerPage, LedgerQuery, LedgerRecord, RateLimiter
-from cache.local.ratelimit import MemoryRateLimiter
 from cache.redis.connection import RedisConnection
 from cache.redis.ledger import RedisLedger
 from cache.redis.ratelimit import RedisRateLimiter
@@ -88,20 +87,13 @@ class RedisCoordinator:
         period: float,
         margin: float = 0.0,
         max_wait: float = 60.0,
-        backend: str = "redis",
     ) -> None:
         self.connection = connection.share()
         self.where = connection.where
         self.client = connection.client
-        self.limiter: RateLimiter
-        if backend == "memory":  # asked for explicitly: one process's own limit
-            self.limiter = MemoryRateLimiter(
-                limit=limit, period=period, margin=margin, max_wait=max_wait
-            )
-        else:
-            self.limiter = RedisRateLimiter(
-                connection, limit=limit, period=period, margin=margin, max_wait=max_wait
-            )
+        self.limiter: RateLimiter = RedisRateLimiter(
+            connection, limit=limit, period=period, margin=margin, max_wait=max_wait
+        )
         self.ledger = RedisLedger(connection)
         self._renew = self.client.register_script(RENEW)
         self._release = self.client.register_script(RELEASE)

@@ -111,3 +111,47 @@ for i = 2, #ARGV, 3 do
 end
 return 1
 """
+
+# Prompt search over one chunk of `idx:prompt`, newest first. KEYS[1]: idx:prompt. ARGV:
+# first rank, chunk size, needle (lower case), engine, route ('' for any), since, until
+# ('' for none), matches to skip, matches to return. Returns {matches in the chunk, 1 if
+# no older member can match, the keys of the returned matches...}. A plain substring find
+# (C memcmp), restricted to the prompt part of each member.
+SEARCH = """
+local first, size = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rows = redis.call('ZREVRANGE', KEYS[1], first, first + size - 1, 'WITHSCORES')
+local needle, engine, route = ARGV[3], ARGV[4], ARGV[5]
+local since, before = tonumber(ARGV[6]), tonumber(ARGV[7])
+local skip, take = tonumber(ARGV[8]), tonumber(ARGV[9])
+local matched, done, page = 0, 0, {}
+for i = 1, #rows, 2 do
+    local member, score = rows[i], tonumber(rows[i + 1])
+    if since and score < since then
+        done = 1
+        break
+    end
+    if not before or score < before then
+        local a = string.find(member, '\0', 1, true)
+        local at = string.find(member, needle, 1, true)
+        if at and at + #needle <= a then
+            local b = string.find(member, '\0', a + 1, true)
+            local c = string.find(member, '\0', b + 1, true)
+            if (engine == '' or string.sub(member, a + 1, b - 1) == engine)
+                and (route == '' or string.sub(member, b + 1, c - 1) == route) then
+                matched = matched + 1
+                if matched > skip and #page < take then
+                    page[#page + 1] = string.sub(member, c + 1)
+                end
+            end
+        end
+    end
+end
+if #rows < 2 * size then
+    done = 1
+end
+local answer = {matched, done}
+for _, key in ipairs(page) do
+    answer[#answer + 1] = key
+end
+return answer
+"""

@@ -21,25 +21,44 @@ from cache.redis.entries import RedisEntryStore
 from cache.redis.listener import Listener
 
 
+class _Read:
+    """One read in progress; `valid` turns False if the key changed meanwhile. Compared
+    by identity: two reads of one key are two reads."""
+
+    __slots__ = ("valid",)
+
+    def __init__(self) -> None:
+        self.valid = True
+
+
 class InvalidatedTier(TieredEntryStore):
     def __init__(self, store: RedisEntryStore, tier: MemoryTier, listener: Listener) -> None:
         super().__init__(store, tier)
         self.listener = listener
         self._current: set[str] = set()  # keys whose held copy is known to be current
-        self._reading: dict[str, list[list[bool]]] = {}  # reads in progress, per key
+        self._reading: dict[str, set[_Read]] = {}  # reads in progress, per key
         listener.on(store.index.channel, self._invalidate)
         listener.on_reset(self._reset)
 
     def _invalidate(self, key: str) -> None:
         self._current.discard(key)
-        for still_valid in self._reading.get(key, ()):
-            still_valid[0] = False
+        for read in self._reading.get(key, ()):
+            read.valid = False
 
     def _reset(self) -> None:
         self._current.clear()
         for reads in self._reading.values():
-            for still_valid in reads:
-                still_valid[0] = False
+            for read in reads:
+                read.valid = False
+
+    async def version(self, key: str) -> str | None:
+        """The shared index's version (always asked): a held copy it shows to be stale
+        loses its mark at once, whether or not the message has come yet."""
+        version = await self.store.version(key)
+        held = self.tier.peek(key)
+        if held is not None and held.version != version:
+            self._current.discard(key)
+        return version
 
     async def get(self, key: str) -> Entry | None:
         if key in self._current and self.listener.subscribed:
@@ -48,16 +67,16 @@ class InvalidatedTier(TieredEntryStore):
                 return self.tier.get(key, held.version)  # (and marks it recently used)
             self._current.discard(key)
         await self.listener.start()
-        still_valid = [True]
-        self._reading.setdefault(key, []).append(still_valid)
+        read = _Read()
+        self._reading.setdefault(key, set()).add(read)
         try:
             entry = await super().get(key)
         finally:
             reads = self._reading[key]
-            reads.remove(still_valid)
+            reads.discard(read)
             if not reads:
                 del self._reading[key]
-        if entry is not None and still_valid[0] and self.listener.subscribed:
+        if entry is not None and read.valid and self.listener.subscribed:
             if len(self._current) > 2 * len(self.tier) + 1000:
                 self._current.clear()  # keys the tier has since evicted
             self._current.add(key)
