@@ -19,7 +19,17 @@ from typing import Any
 from bench import report, tools
 from bench.context import Context, Options
 from bench.report import SectionResult
-from bench.sections import credits, entries, hits, limiter, memory, miss, redis_hits, singleflight
+from bench.sections import (
+    credits,
+    entries,
+    hits,
+    index,
+    limiter,
+    memory,
+    miss,
+    redis_hits,
+    singleflight,
+)
 from bench.upstream import write_bodies
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -31,6 +41,7 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "singleflight": singleflight.run,
     "memory": memory.run,
     "credits": credits.run,
+    "index": index.run,
     "redis-hit": redis_hits.run,
     "entries": entries.run,
 }

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import threading
 import time
 import uuid
@@ -123,48 +121,19 @@ class UpstreamRateLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def set_listener_nodelay(port: int) -> bool:
-    """Set TCP_NODELAY on this process's socket listening on 127.0.0.1:`port`.
-
-    FakeStability binds a socket created without IPPROTO_TCP, so asyncio's transports skip
-    their usual TCP_NODELAY and every answer after the first on a keep-alive connection waits
-    ~40 ms for the client's delayed ACK (Nagle). Linux copies TCP_NODELAY from a listening
-    socket to the sockets it accepts, so setting it on the listener fixes every connection.
-    The listener is found among our own file descriptors (a dup, closed again), so nothing of
-    the fake's internals is touched. Returns whether the listener was found.
-    """
-    for entry in Path("/proc/self/fd").iterdir():
-        try:
-            if not os.readlink(entry).startswith("socket:"):
-                continue
-            sock = socket.fromfd(int(entry.name), socket.AF_INET, socket.SOCK_STREAM)
-        except OSError:
-            continue
-        with sock:
-            try:
-                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                if listening and sock.getsockname() == ("127.0.0.1", port):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    return True
-            except OSError:
-                continue
-    return False
-
-
 @contextlib.contextmanager
 def running_fake(
     default: Behaviour, limit: tuple[int, float] | None = None
 ) -> Iterator[FakeStability]:
-    """A running FakeStability answering `default`, with TCP_NODELAY on its connections (see
-    set_listener_nodelay); with `limit`, behind UpstreamRateLimit (reach it as `fake.app`)."""
+    """A running FakeStability answering `default` (served by the tests' ThreadedServer, which
+    sets TCP_NODELAY on its listener, so no answer waits for a delayed ACK); with `limit`,
+    behind UpstreamRateLimit (reach it as `fake.app`)."""
     fake = FakeStability()
     fake.default = default
     if limit is not None:
         fake.app = UpstreamRateLimit(fake.app, limit=limit[0], period=limit[1])
     fake.start()
     try:
-        if not set_listener_nodelay(fake.port):
-            raise RuntimeError(f"no listening socket found for the fake upstream :{fake.port}")
         yield fake
     finally:
         fake.stop()

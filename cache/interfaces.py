@@ -16,6 +16,7 @@ tests/contract/; a new backend passes by adding a fixture.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -178,7 +179,7 @@ class EntryStore(Protocol):
 
     async def list(self, query: EntryQuery) -> EntryPage: ...
 
-    async def resolve(self, prefix: str, limit: int = 2) -> list[str]:
+    async def resolve(self, prefix: str, limit: int = 2) -> builtins.list[str]:
         """Keys starting with `prefix` (at most `limit`), from the index."""
         ...
 

@@ -13,6 +13,7 @@ refreshed, deleted or purged entry is never served from a stale copy.
 
 from __future__ import annotations
 
+import builtins
 import json
 import threading
 from collections import OrderedDict
@@ -135,7 +136,7 @@ class TieredEntryStore:
     async def list(self, query: EntryQuery) -> EntryPage:
         return await self.store.list(query)
 
-    async def resolve(self, prefix: str, limit: int = 2) -> list[str]:
+    async def resolve(self, prefix: str, limit: int = 2) -> builtins.list[str]:
         return await self.store.resolve(prefix, limit)
 
     async def totals(self) -> StoreTotals:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 from starlette.applications import Starlette
@@ -20,23 +21,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cache.interfaces import LedgerRecord
+from cache.model import EntryMeta
 from gateway.backends import Backends, open_backends
 from gateway.config import Settings, load_settings
 from gateway.counters import Counters
+from gateway.credits import Attempt, Budget, price_of
 from gateway.errors import GatewayError, NotFound
 from gateway.fetch import Fetcher
-from gateway.generation import RouteSpec
+from gateway.generation import RouteSpec, UpstreamRequest
 from gateway.http.access import AccessLog
 from gateway.http.forward import is_v2
 from gateway.http.limits import BodySizeLimit
 from gateway.inspect_api import InspectionAPI, is_loopback
 from gateway.logs import configure_logging
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.routes.image_to_image import ImageToImage
 from gateway.routes.passthrough import AccountPassThrough, Results
 from gateway.routes.stable_image import V2_ROUTES, StableImage
 from gateway.routes.text_to_image import TextToImage
 from gateway.upstream import UpstreamClient
+from gateway.web import gallery_routes
 
 log = logging.getLogger("gateway")
 
@@ -54,17 +60,27 @@ def create_app(
     backends = backends or open_backends(settings)
     entries, coordinator = backends.entries, backends.coordinator
     counters = Counters(coordinator, entries)
+    metrics = Metrics()
     upstream = None
     fetcher = None
+
+    def free_call(request: UpstreamRequest, tries: Sequence[Attempt]) -> None:
+        for attempt in tries:
+            counters.charged(LedgerRecord(time.time(), "call", request.route, "", "",
+                                          attempt.status or 0, 0, 0.0))  # fmt: skip
+
     if settings.mode == "online":
         upstream = UpstreamClient(
             settings,
             coordinator.limiter,
             transport=transport,
             on_attempt=lambda: counters.count("upstream_calls"),
+            observer=metrics,
+            on_free_call=free_call,
         )
-        fetcher = Fetcher(settings, entries, coordinator, upstream, counters)
-    pipeline = Pipeline(settings, entries, counters, fetcher)
+        fetcher = Fetcher(settings, entries, coordinator, upstream, counters, metrics)
+    pipeline = Pipeline(settings, entries, counters, fetcher, metrics)
+    budget = Budget(coordinator, settings.gateway.daily_credit_budget)
     exposed = not is_loopback(settings.gateway.host)
 
     def generation_route(path: str, route: RouteSpec) -> Route:
@@ -140,6 +156,37 @@ def create_app(
                 await upstream.aclose()
             if owns_backends:
                 await backends.aclose()
+            metrics.process_gone()
+
+    def entry_price(meta: EntryMeta) -> float | None:
+        """What one hit on this entry saves (placeholders save nothing)."""
+        if meta.source != "upstream":
+            return None
+        return price_of(settings.prices, meta.route, meta.engine) * len(meta.artifacts)
+
+    inspection = InspectionAPI(
+        entries,
+        counters,
+        settings.admin.token,
+        exposed=exposed,
+        settle=(lambda: fetcher.flights.settled(SETTLE_SECONDS)) if fetcher else None,
+        coordinator=coordinator,
+    )
+
+    async def refresh_gauges() -> None:
+        """The gauges that describe shared state, read when scraped."""
+        await counters.flush()
+        totals = await entries.totals()
+        metrics.entries.set(totals.entries)
+        metrics.bytes.set(totals.bytes)
+        remaining = await budget.remaining()
+        if remaining is not None:
+            metrics.budget.set(remaining)
+
+    async def scrape(request: Request) -> Response:
+        body, content_type = await metrics.render(refresh_gauges)
+        return Response(body, media_type=content_type.split(";")[0],
+                        headers={"Content-Type": content_type})  # fmt: skip
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -157,18 +204,16 @@ def create_app(
         *(generation_route(row.path, StableImage(row)) for row in V2_ROUTES),
         *AccountPassThrough(settings, upstream).routes(),
         *Results(settings, entries, fetcher).routes(),
-        *InspectionAPI(
-            entries,
-            counters,
-            settings.admin.token,
-            exposed=exposed,
-            settle=(lambda: fetcher.flights.settled(SETTLE_SECONDS)) if fetcher else None,
-        ).routes(),
+        *inspection.routes(),
+        Route("/metrics", inspection.guard(scrape), methods=["GET"]),
+        *gallery_routes(
+            settings, backends, counters, exposed=exposed, fetcher=fetcher, price_of=entry_price
+        ),
     ]
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(AccessLog),
+            Middleware(AccessLog, observe=metrics.request),
             Middleware(BodySizeLimit, max_bytes=settings.gateway.max_body_bytes),
         ],
         exception_handlers={404: not_found, 405: not_found, GatewayError: gateway_error},
@@ -177,11 +222,16 @@ def create_app(
     app.state.settings = settings
     app.state.backends = backends
     app.state.counters = counters
+    app.state.metrics = metrics
     return app
 
 
 def app_from_environment() -> Starlette:
     """uvicorn factory: settings from $STABILITY_GATEWAY_CONFIG / ./config.toml / env."""
     settings = load_settings()
-    configure_logging(settings.gateway.log_level, [settings.api_key, settings.admin.token])
+    configure_logging(
+        settings.gateway.log_level,
+        [settings.api_key, settings.admin.token],
+        json_lines=settings.gateway.log_format == "json",
+    )
     return create_app(settings)

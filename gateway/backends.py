@@ -13,6 +13,7 @@ answers what its memory holds, says so at /healthz, and recovers by itself.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ class BackendError(Exception):
     """A backend cannot be opened: one line naming where, why, and the setting to change."""
 
 
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def open_backends(settings: Settings) -> Backends:
     """The backends `settings` ask for; BackendError when they cannot be opened."""
     if settings.redis.url:
@@ -69,8 +77,9 @@ def open_backends(settings: Settings) -> Backends:
             workers=settings.gateway.workers,
         )
     except (StoreError, CoordinationError) as exc:
+        why = "the folder is read-only" if _read_only(folder) else str(exc)
         raise BackendError(
-            f"cannot use the cache folder {exc.where}: {exc}; fix it, or choose another "
+            f"cannot use the cache folder {exc.where}: {why}; fix it, or choose another "
             "folder with STABILITY_GATEWAY_CACHE_DIR (or --cache-dir, or [cache] dir in "
             "config.toml)"
         ) from exc

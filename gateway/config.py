@@ -42,7 +42,9 @@ class GatewaySettings:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "info"
+    log_format: str = "text"
     workers: int = 1
+    daily_credit_budget: float = 0
     engines: tuple[str, ...] = V1_ENGINES
     # What one connection may cost the server (gateway/cli/server_limits.py).
     max_connections: int = 1000
@@ -111,6 +113,26 @@ class RedisSettings:
     hit_check: str = "invalidation"
 
 
+def _default_prices() -> dict[str, float]:
+    """Credits per image (1 credit = $0.01), by route template, or `route:engine` (v1
+    engines, sd3 models) where they differ. Stability's published prices
+    (platform.stability.ai/pricing, as of June 2026); config.toml lists the same."""
+    return {
+        "v1": 2.0,  # any v1 route and engine (SDXL 1.0: the seeds' $0.02 an image)
+        "v2beta/stable-image/generate/core": 3.0,
+        "v2beta/stable-image/generate/ultra": 8.0,
+        "v2beta/stable-image/generate/sd3": 6.5,  # SD3.5 Large, the route's default model
+        "v2beta/stable-image/generate/sd3:sd3.5-large": 6.5,
+        "v2beta/stable-image/generate/sd3:sd3.5-large-turbo": 4.0,
+        "v2beta/stable-image/generate/sd3:sd3.5-medium": 3.5,
+        "v2beta/stable-image/upscale/fast": 2.0,
+        "v2beta/stable-image/upscale/conservative": 40.0,
+        "v2beta/stable-image/upscale/creative": 60.0,
+        "v2beta/stable-image/edit": 5.0,  # every edit route
+        "v2beta/stable-image/control": 5.0,  # every control route
+    }
+
+
 def _default_parameters() -> dict[str, dict[str, Any]]:
     return {
         "text_to_image": {
@@ -135,6 +157,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     defaults: dict[str, dict[str, Any]] = field(default_factory=_default_parameters)
+    prices: dict[str, float] = field(default_factory=_default_prices)
     # The upstream key is read from the environment only, never from a file, and never
     # printed: repr=False keeps it out of any log line that formats the settings.
     api_key: str = field(default="", repr=False)
@@ -151,7 +174,7 @@ class Settings:
         changes: dict[str, Any] = {}
         for name, values in sections.items():
             current = getattr(self, name)
-            if dataclasses.is_dataclass(current):
+            if dataclasses.is_dataclass(current) and not isinstance(current, type):
                 changes[name] = dataclasses.replace(current, **values)
             else:
                 changes[name] = values
@@ -183,6 +206,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_MEMORY_TIER_BYTES": ("cache", "memory_tier_bytes", int),
     "STABILITY_GATEWAY_LOG_LEVEL": ("gateway", "log_level", str),
     "STABILITY_GATEWAY_HOST": ("gateway", "host", str),
+    "STABILITY_GATEWAY_LOG_FORMAT": ("gateway", "log_format", str),
+    "STABILITY_GATEWAY_DAILY_CREDIT_BUDGET": ("gateway", "daily_credit_budget", float),
     "STABILITY_GATEWAY_PORT": ("gateway", "port", int),
     "STABILITY_GATEWAY_WORKERS": ("gateway", "workers", int),
     "STABILITY_GATEWAY_RETRY_READ_TIMEOUTS": ("retry", "retry_read_timeouts", bool),
@@ -244,7 +269,7 @@ def _section_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
 def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     """Build settings from a parsed TOML document; unknown sections or keys are errors."""
     # [styles.NAME] belongs to `stability-gateway generate` (gateway.client.styles).
-    unknown = sorted(set(data) - {*_SECTIONS, "defaults", "styles"})
+    unknown = sorted(set(data) - {*_SECTIONS, "defaults", "prices", "styles"})
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}")
     sections = {
@@ -254,7 +279,12 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     defaults = _default_parameters()
     for group, values in data.get("defaults", {}).items():
         defaults.setdefault(group, {}).update(values)
-    return Settings(**sections, defaults=defaults)
+    prices = _default_prices()
+    for route, credits in data.get("prices", {}).items():
+        prices[str(route)] = _coerce(credits, float, f"[prices] {route}")
+        if prices[str(route)] < 0:
+            raise ConfigError(f"[prices] {route}: credits must be >= 0")
+    return Settings(**sections, defaults=defaults, prices=prices)
 
 
 def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
@@ -290,6 +320,10 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("[gateway] max_header_bytes must be >= 1024")
     if g.header_timeout_seconds <= 0 or g.body_timeout_seconds <= 0:
         raise ConfigError("[gateway] header_timeout_seconds and body_timeout_seconds must be > 0")
+    if settings.gateway.log_format not in ("text", "json"):
+        raise ConfigError("[gateway] log_format must be 'text' or 'json'")
+    if settings.gateway.daily_credit_budget < 0:
+        raise ConfigError("[gateway] daily_credit_budget must be >= 0 (0: no budget)")
     if settings.timeouts.lease_seconds <= 0:
         raise ConfigError("[timeouts] lease_seconds must be > 0")
     _validate_shared(settings)

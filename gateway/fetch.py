@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,17 +33,26 @@ from dataclasses import dataclass
 import anyio.to_thread
 import httpx
 
-from cache.interfaces import ANONYMOUS, CoordinationError, Coordinator, StoreError, Ticket
+from cache.interfaces import (
+    ANONYMOUS,
+    CoordinationError,
+    Coordinator,
+    LedgerRecord,
+    StoreError,
+    Ticket,
+)
 from cache.lease import Lease
 from cache.memory import TieredEntryStore
 from cache.model import Artifact, Entry
 from gateway.config import Settings
 from gateway.counters import Counters
+from gateway.credits import Attempt, Budget, attempt_charges, price_of
 from gateway.deadline import Deadline
 from gateway.errors import CoordinationUnavailable, GatewayError, GatewayTimeout, UpstreamError
 from gateway.generation import Decoder, Generation, RouteSpec, UpstreamRequest
 from gateway.images import check_decodes, check_image
 from gateway.jobs import JobBook, job_id
+from gateway.metrics import Metrics
 from gateway.singleflight import Flight, Role, SingleFlight
 from gateway.upstream import UpstreamClient
 
@@ -65,6 +75,7 @@ class Fetched:
     attempts: int
     stored: bool | None  # None: being stored after the answer
     warning: str | None = None  # why it was not stored, for the caller's Warning header
+    credits: float = 0.0  # what the upstream charged for it
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class Refused:
     response: httpx.Response
     attempts: int
     job: str | None = None
+    credits: float = 0.0  # a job is charged when it starts
 
     @property
     def failed(self) -> bool:
@@ -115,8 +127,11 @@ class Fetcher:
         coordinator: Coordinator,
         upstream: UpstreamClient,
         counters: Counters,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.budget = Budget(coordinator, settings.gateway.daily_credit_budget)
         self.entries = entries
         self.coordinator = coordinator
         self.upstream = upstream
@@ -179,11 +194,10 @@ class Fetcher:
         (A request that may not store shares with nobody.)"""
         return f"{generation.key}:{credential}" if credential else generation.key
 
-    async def stored(self, generation: Generation, caller: Mapping[str, str]) -> None:
+    async def stored(self, generation: Generation) -> None:
         """Read-your-writes within this process: if this key's image was just answered and
         is still being stored, wait for the store (a few ms) before looking it up."""
-        key = self._flight_key(generation, self.credential(caller))
-        await self.flights.finished(key, STORE_WAIT_SECONDS)
+        await self.flights.finished(generation.key, STORE_WAIT_SECONDS)
 
     async def _claim(
         self,
@@ -240,6 +254,11 @@ class Fetcher:
             return None
         return entry
 
+    def price(self, generation: Generation) -> float:
+        """Credits per image of this request's route and engine (model)."""
+        engine = str(generation.summary.get("engine") or generation.engine)
+        return price_of(self.settings.prices, generation.route, engine)
+
     async def _call(
         self,
         flight: Flight[Outcome],
@@ -252,26 +271,61 @@ class Fetcher:
         *,
         store: bool,
     ) -> Outcome:
+        price = self.price(generation)
         try:
-            answer = await self.upstream.send(
-                generation.upstream, caller, deadline=deadline, ticket=ticket,
-                on_send=flight.commit,
-            )  # fmt: skip
+            reservation = await self.budget.reserve(price * generation.samples)
         except GatewayError as exc:
             return Failed(exc)
-        response = answer.response
-        job = job_id(response)
-        if job is not None:  # the image comes later, from GET /v2beta/results/{job}
-            if store:
-                await self._remember_job(job, generation, credential)
-            log.info("upstream started job %s for key=%s", job, generation.key[:16])
-            return Refused(response, answer.attempts, job=job)
-        if response.status_code != 200:
-            log_refusal(response, generation)
-            return Refused(response, answer.attempts)
-        if credential:
-            await self.remember_credential(credential)
-        return await self.accept(flight, route, response, generation, answer.attempts, store=store)
+        tries: list[Attempt] = []
+        charged: float | None = 0.0
+        try:
+            try:
+                answer = await self.upstream.send(
+                    generation.upstream, caller, deadline=deadline, ticket=ticket,
+                    on_send=flight.commit, tries=tries,
+                )  # fmt: skip
+            except GatewayError as exc:
+                charged = None if any(t.status is None and t.sent for t in tries) else 0.0
+                return Failed(exc, len(tries))
+            response = answer.response
+            job = job_id(response)
+            if job is not None:  # the image comes later, from GET /v2beta/results/{job}
+                charged = price * generation.samples  # a job is paid for when it starts
+                if store:
+                    await self._remember_job(job, generation, credential)
+                log.info("upstream started job %s for key=%s", job, generation.key[:16])
+                return Refused(response, answer.attempts, job=job, credits=charged)
+            if response.status_code != 200:
+                log_refusal(response, generation)
+                return Refused(response, answer.attempts)
+            if credential:
+                await self.remember_credential(credential)
+            outcome = await self.accept(
+                flight, route, response, generation, answer.attempts, store=store, price=price
+            )
+            # An answer that failed our checks was still paid for; filtered images are not.
+            charged = (
+                outcome.credits if isinstance(outcome, Fetched) else price * generation.samples
+            )
+            return outcome
+        finally:
+            self._record(generation, tries, charged, ticket.caller)
+            await self.budget.settle(reservation, charged)
+
+    def _record(
+        self, generation: Generation, tries: Sequence[Attempt], charged: float | None, caller: str
+    ) -> None:
+        """One ledger record per upstream attempt of this call."""
+        now = time.time()
+        engine = str(generation.summary.get("engine") or generation.engine)
+        for status, credits in attempt_charges(tries, charged):
+            images = generation.samples if status == 200 else 0
+            self.counters.charged(LedgerRecord(
+                now, "call", generation.route, engine, generation.key, status, images,
+                credits, caller,
+            ))  # fmt: skip
+            if credits and self.metrics is not None:
+                self.metrics.spent.labels(generation.route, caller).inc(credits)
 
     async def accept(
         self,
@@ -282,28 +336,33 @@ class Fetcher:
         attempts: int,
         *,
         store: bool,
+        price: float = 0.0,
     ) -> Outcome:
         """Decode and check a 200 answer, publish it, store it: the one place where an
-        upstream image becomes a cached one (job results included)."""
+        upstream image becomes a cached one (job results included). `price` per image is
+        what the answer's credits come to (filtered images are not charged)."""
         try:
             artifacts = await anyio.to_thread.run_sync(self._decode, route, response, generation)
         except UpstreamError as exc:
             return Failed(exc, attempts)
+        credits = price * sum(a.finish_reason == "SUCCESS" for a in artifacts)
         if not store:
-            return Fetched(artifacts, attempts, stored=False)
+            return Fetched(artifacts, attempts, stored=False, credits=credits)
         if not all(a.finish_reason == "SUCCESS" for a in artifacts):
             log.warning(
                 "not caching key=%s: finish reasons %s", generation.key[:16],
                 [a.finish_reason for a in artifacts],
             )  # fmt: skip
-            return Fetched(artifacts, attempts, stored=False)
+            return Fetched(artifacts, attempts, stored=False, credits=credits)
         nbytes = sum(len(a.data) for a in artifacts)
         if flight is not None and self.entries.ready_for(nbytes):
             # Answer first: the caller's answer does not wait for the disk. The lease is
             # held until the entry is stored, so other workers read it once it is whole.
-            flight.publish(Fetched(artifacts, attempts, stored=None))
+            flight.publish(Fetched(artifacts, attempts, stored=None, credits=credits))
         warning = await self._store(generation, artifacts)
-        return Fetched(artifacts, attempts, stored=warning is None, warning=warning)
+        return Fetched(
+            artifacts, attempts, stored=warning is None, warning=warning, credits=credits
+        )
 
     def _decode(
         self, route: Decoder, response: httpx.Response, generation: Generation
@@ -371,7 +430,9 @@ class Fetcher:
         except CoordinationError:
             pass
         answer = await self.upstream.send(
-            UpstreamRequest("GET", "/v1/user/account"), caller, deadline=deadline
+            UpstreamRequest("GET", "/v1/user/account", route="v1/user/account"),
+            caller,
+            deadline=deadline,
         )
         if answer.response.status_code == 200:
             await self.remember_credential(credential)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.model import Artifact
+
+Want = Literal["json", "image", "job"]
 
 
 @dataclass
@@ -29,6 +31,7 @@ class UpstreamRequest:
     data: dict[str, Any] | None = None
     files: dict[str, tuple[str, bytes, str]] | None = None
     accept: str = "application/json"
+    route: str = ""  # the route template, for metrics ("" : the path, query left out)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Generation:
     engine: str
     key: str
     upstream: UpstreamRequest
-    want: str  # the caller's format: "json", "image", or "job" (an id to poll, v2beta)
+    want: Want  # the caller's format: JSON, image bytes, or a job id to poll (v2beta)
     expected_size: tuple[int, int] | None  # (width, height) the images must have
     expected_formats: tuple[str, ...] = ("PNG",)  # Pillow format names accepted
     random_seed: bool = False  # seed 0/absent: each upstream call gives a new image

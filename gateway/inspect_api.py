@@ -9,6 +9,7 @@ named by their full key or by any unique prefix of 8 or more hex characters.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cache.interfaces import CoordinationError, EntryQuery, StoreError
+from cache.interfaces import CoordinationError, Coordinator, EntryQuery, LedgerQuery, StoreError
 from cache.memory import TieredEntryStore
 from gateway.counters import Counters
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized, UpstreamUnavailable
@@ -52,7 +53,9 @@ class InspectionAPI:
         *,
         exposed: bool = False,
         settle: Callable[[], Awaitable[None]] | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
+        self.coordinator = coordinator
         self.entries = entries
         self.counters = counters
         # Images this process answered and is still storing are waited for first, so that
@@ -68,6 +71,7 @@ class InspectionAPI:
             Route("/cache/entries/{key}", self.guard(self.entry), methods=["GET"]),
             Route("/cache/entries/{key}", self.guard(self.delete), methods=["DELETE"]),
             Route("/cache/entries/{key}/image", self.guard(self.image), methods=["GET"]),
+            Route("/cache/ledger", self.guard(self.ledger), methods=["GET"]),
         ]
 
     def guard(self, endpoint: Endpoint) -> Endpoint:
@@ -131,6 +135,34 @@ class InspectionAPI:
             }
         )
 
+    async def ledger(self, request: Request) -> Response:
+        """The credits ledger: records newest first (paginated), and totals per UTC day over
+        the same filters."""
+        if self.coordinator is None:
+            raise NotFound("no ledger: this gateway has no coordinator")
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        offset = _int_param(request, "offset", 0, 0, None)
+        await self.counters.flush()
+        query = LedgerQuery(
+            limit=limit,
+            offset=offset,
+            since=_time_param(request, "since"),
+            until=_time_param(request, "until"),
+            route=request.query_params.get("route") or None,
+            caller=request.query_params.get("caller") or None,
+            kind=request.query_params.get("kind") or None,
+        )
+        page = await self.coordinator.query_ledger(query)
+        return JSONResponse(
+            {
+                "total": page.total,
+                "limit": limit,
+                "offset": offset,
+                "records": [r.as_dict() for r in page.records],
+                "days": page.days,
+            }
+        )
+
     async def _meta(self, request: Request) -> dict[str, Any]:
         key = await resolve_key(self.entries, request.path_params["key"])
         await self.counters.flush()
@@ -170,6 +202,17 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int | 
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise BadRequest(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _time_param(request: Request, name: str) -> float | None:
+    """A Unix time, or a UTC date (YYYY-MM-DD: its midnight)."""
+    raw = request.query_params.get(name)
+    if raw and len(raw) == 10 and raw[4] == "-" and raw[7] == "-":
+        try:
+            return dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
+            raise BadRequest(f"{name}: not a date, got {raw!r}") from None
+    return _float_param(request, name)
 
 
 def _float_param(request: Request, name: str) -> float | None:

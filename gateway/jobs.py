@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from cache.interfaces import Coordinator
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 
 JOB_TTL_SECONDS = 24 * 3600
 # A job answer is a tiny JSON object; anything larger is an image answer and is not parsed
@@ -55,7 +55,7 @@ class Job:
     expected_formats: tuple[str, ...]
     credential: str = ""  # SHA-256 of the Authorization that started it ("" with a gateway key)
 
-    def generation(self, path: str, want: str) -> Generation:
+    def generation(self, path: str, want: Want) -> Generation:
         """A Generation for rendering and checking the result (nothing goes upstream)."""
         return Generation(
             route=self.route,

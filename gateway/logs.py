@@ -28,10 +28,35 @@ class RedactSecrets(logging.Filter):
         clean = self.redact(message)
         if clean != message:
             record.msg, record.args = clean, None
+        # Fields given as `extra` (the access line's) go out as JSON keys: redact them too.
+        for name in ACCESS_FIELDS:
+            value = record.__dict__.get(name)
+            if isinstance(value, str):
+                record.__dict__[name] = self.redact(value)
         return True
 
 
-def configure_logging(level: str, secrets: list[str]) -> None:
+# The access line's fields (gateway.http.access), written as keys in JSON lines.
+ACCESS_FIELDS = (
+    "pid", "method", "path", "route", "status", "cache", "key", "duration_ms",
+    "upstream_status", "attempts", "credits", "caller", "error_name", "error_id", "reason",
+)  # fmt: skip
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line (python-json-logger): time, level, logger, message, and the
+    access line's fields as keys of their own."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter(
+        "{asctime}{levelname}{name}{process}{message}",
+        style="{",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                       "process": "pid"},
+    )  # fmt: skip
+
+
+def configure_logging(level: str, secrets: list[str], *, json_lines: bool = False) -> None:
     """One handler on the root logger, every record through the redaction filter.
 
     Idempotent: called again (each uvicorn worker builds its own app) it replaces its
@@ -43,10 +68,13 @@ def configure_logging(level: str, secrets: list[str]) -> None:
             root.removeHandler(handler)
     handler = logging.StreamHandler()
     handler._stability_gateway = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(json_formatter() if json_lines else text)
     handler.addFilter(RedactSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         for h in logging.getLogger(name).handlers:
             h.addFilter(RedactSecrets(secrets))
+            if json_lines:
+                h.setFormatter(json_formatter())

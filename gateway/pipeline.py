@@ -25,6 +25,7 @@ from cache.memory import TieredEntryStore
 from cache.model import Artifact, Entry
 from gateway.config import Settings
 from gateway.counters import Counters
+from gateway.credits import price_of
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, GatewayTimeout
 from gateway.fetch import Failed, Fetched, Fetcher, Outcome, Refused, Shared
@@ -32,6 +33,7 @@ from gateway.generation import Generation, RouteSpec
 from gateway.http import access
 from gateway.http.disconnect import ClientGone, unless_disconnected
 from gateway.http.forward import forward
+from gateway.metrics import Metrics
 from gateway.policy import Action, Controls, Decision, decide
 
 log = logging.getLogger("gateway.pipeline")
@@ -46,10 +48,12 @@ class Pipeline:
         entries: TieredEntryStore,
         counters: Counters,
         fetcher: Fetcher | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.entries = entries
         self.counters = counters
+        self.metrics = metrics
         self.fetcher = fetcher  # None in offline and replay modes: no upstream
 
     async def handle(self, request: Request, route: RouteSpec) -> Response:
@@ -66,7 +70,7 @@ class Pipeline:
         headers = {"X-Cache-Key": generation.key}
         try:
             if self.fetcher is not None and not controls.no_store:
-                await self.fetcher.stored(generation, request.headers)
+                await self.fetcher.stored(generation)
             entry = None if controls.no_store else await self._lookup(generation.key)
             decision = decide(
                 mode=self.settings.mode,
@@ -88,9 +92,24 @@ class Pipeline:
             response = self._error(exc, route, headers, "BYPASS" if controls.no_store else "MISS")
         else:
             response.headers.update(headers)
+        # What this answer cost upstream: 0 on hits, placeholders, errors and shared calls.
+        response.headers.setdefault("X-Credits-Charged", "0")
         if record is not None:
             record.cache = response.headers.get("x-cache", "")
+            record.credits = float(response.headers["x-credits-charged"])
         return response
+
+    def _saved(self, generation: Generation, artifacts: Sequence[Artifact], entry: Entry | None,
+               caller: str = "anonymous") -> None:  # fmt: skip
+        """A hit: count the credits its images would have cost (not for placeholders)."""
+        if entry is not None and entry.meta.source != "upstream":
+            return
+        engine = str(generation.summary.get("engine") or generation.engine)
+        credits = price_of(self.settings.prices, generation.route, engine) * len(artifacts)
+        self.counters.saved(generation.key, generation.route, engine, caller, len(artifacts),
+                            credits)  # fmt: skip
+        if self.metrics is not None and credits:
+            self.metrics.saved.labels(generation.route, caller).inc(credits)
 
     async def _lookup(self, key: str) -> Entry | None:
         """The entry, from the memory tier when it is current. If the store cannot be read,
@@ -119,6 +138,7 @@ class Pipeline:
                 if refused is not None:
                     return forward(refused, {"X-Cache": "MISS"})
             self.counters.hit(generation.key, entry.nbytes)
+            self._saved(generation, entry.artifacts, entry)
             return route.render(entry.artifacts, generation, {"X-Cache": "HIT"})
         if decision.action is Action.MISS:
             self.counters.count("misses")
@@ -156,10 +176,17 @@ class Pipeline:
             # request it was already there, a hit.
             response.headers["X-Cache"] = "HIT"
             self.counters.hit(generation.key, sum(len(a.data) for a in outcome.artifacts))
+            self._saved(generation, outcome.artifacts, None)
         elif role == "led" and not isinstance(outcome, Shared):
             self.counters.count("misses")
+            if isinstance(outcome, Fetched | Refused) and outcome.credits:
+                response.headers["X-Credits-Charged"] = f"{outcome.credits:g}"
         else:
             self.counters.count("coalesced")
+            if self.metrics is not None:
+                self.metrics.coalesced.inc()
+            if isinstance(outcome, Shared):
+                self._saved(generation, outcome.entry.artifacts, outcome.entry)
         return response
 
     async def _placeholder(
@@ -224,6 +251,8 @@ class Pipeline:
             why, generation.key[:16],
         )  # fmt: skip
         self.counters.count("stale_served")
+        if self.metrics is not None:
+            self.metrics.stale.inc()
         return route.render(
             entry.artifacts, generation, {"X-Cache": "STALE", "Warning": STALE_WARNING}
         )

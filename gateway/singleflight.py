@@ -57,11 +57,17 @@ class SingleFlight(Generic[T]):
             await asyncio.wait(finishing, timeout=timeout)
 
     async def finished(self, key: str, timeout: float) -> None:
-        """Wait (at most `timeout`) for the flight for `key`, if it has answered and is
-        still finishing: what it stores is then there for the caller to read."""
-        flight = self._flights.get(key)
-        if flight is not None and flight.answer.done() and flight.task is not None:
-            await asyncio.wait({flight.task}, timeout=timeout)
+        """Wait (at most `timeout`) for the flights for `key` (or `key:...`) that have
+        answered and are still finishing: what they store is then there to be read."""
+        finishing = {
+            flight.task
+            for name, flight in self._flights.items()
+            if (name == key or name.startswith(f"{key}:"))
+            and flight.answer.done()
+            and flight.task is not None
+        }
+        if finishing:
+            await asyncio.wait(finishing, timeout=timeout)
 
     def _forget(self, key: str, flight: Flight[T]) -> None:
         if self._flights.get(key) is flight:

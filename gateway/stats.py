@@ -8,6 +8,7 @@ from typing import Any
 
 from cache.interfaces import EntryStore
 from gateway.counters import EVENTS
+from gateway.credits import today
 
 
 def summarise(totals_entries: int, image_bytes: int, disk_bytes: int,
@@ -20,13 +21,31 @@ def summarise(totals_entries: int, image_bytes: int, disk_bytes: int,
         "bytes": image_bytes,
         "disk_bytes": disk_bytes,
     }
-    for name in sorted({*EVENTS, *counts}):
-        value = counts.get(name, 0)
-        out[name] = int(value) if float(value).is_integer() else round(float(value), 4)
+    # Counters named `name:day` or `name@caller` are the breakdowns below, not totals.
+    plain = {name for name in counts if ":" not in name and "@" not in name}
+    for name in sorted({*EVENTS, *plain}):
+        out[name] = _number(counts.get(name, 0))
+    day = today()
+    for kind in ("spent", "saved"):
+        out[f"credits_{kind}_today"] = _number(counts.get(f"credits_{kind}:{day}", 0))
+    callers: dict[str, dict[str, Any]] = {}
+    for name, value in counts.items():
+        kind, at, rest = name.partition("@")
+        if not at or kind not in ("credits_spent", "credits_saved"):
+            continue
+        caller, _, when = rest.partition(":")
+        if when in ("", day):
+            field = kind.removeprefix("credits_") + ("_today" if when else "")
+            callers.setdefault(caller, {})[field] = _number(value)
+    out["callers"] = callers
     saved = out["hits"] + out["coalesced"]
     asked = saved + out["misses"]
     out["hit_ratio"] = round(saved / asked, 4) if asked else 0.0
     return out
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else round(float(value), 4)
 
 
 async def cache_stats(entries: EntryStore, counts: Mapping[str, float]) -> dict[str, Any]:
@@ -57,4 +76,4 @@ async def find_key(entries: EntryStore, given: str) -> str:
         raise KeyNotFound(f"no cache entry has a key starting {given!r}")
     if len(matches) > 1:
         raise KeyNotFound(f"more than one entry has a key starting {given!r}: give more of it")
-    return matches[0]
+    return str(matches[0])

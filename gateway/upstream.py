@@ -15,11 +15,13 @@ What is not retried: every other status (400 invalid_prompts, 401, 403 content_m
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import math
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tenacity import (
@@ -33,6 +35,7 @@ from tenacity import (
 
 from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Ticket
 from gateway.config import Settings
+from gateway.credits import Attempt
 from gateway.deadline import Deadline
 from gateway.errors import (
     CoordinationUnavailable,
@@ -60,11 +63,14 @@ class RetryableStatus(Exception):
         self.response = response
 
 
-def retry_after_seconds(response: httpx.Response, ceiling: float) -> float | None:
-    """The upstream's Retry-After in seconds, at most `ceiling`.
+def retry_after_seconds(
+    response: httpx.Response, ceiling: float, now: float | None = None
+) -> float | None:
+    """The upstream's Retry-After in seconds (delta-seconds or an HTTP date), at most
+    `ceiling`.
 
-    Bounded because it becomes a cool-down stored on disk for every caller: a stray
-    `Retry-After: 86400` (or `inf`) must not freeze the gateway, across restarts, for a day.
+    Bounded because it becomes a cool-down shared by every caller: a stray
+    `Retry-After: 86400` (or `inf`, or a date next year) must not freeze the gateway for a day.
     """
     value = response.headers.get("retry-after")
     if value is None:
@@ -72,7 +78,13 @@ def retry_after_seconds(response: httpx.Response, ceiling: float) -> float | Non
     try:
         seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare from Stability; fall back to our own backoff
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), ceiling)
@@ -99,10 +111,44 @@ def queue_full(exc: QueueFull) -> RateLimited:
 
 @dataclass(frozen=True)
 class UpstreamAnswer:
-    """The final upstream response and how many attempts it took."""
+    """The final upstream response and the attempts it took."""
 
     response: httpx.Response
-    attempts: int
+    tries: Sequence[Attempt]
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tries)
+
+
+class Observer(Protocol):
+    """Where the client reports what it does (the metrics)."""
+
+    def attempt(self, route: str, status: str, seconds: float) -> None: ...
+
+    def retry(self, reason: str) -> None: ...
+
+    def queued(self, delta: int) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def attempt(self, route: str, status: str, seconds: float) -> None:
+        pass
+
+    def retry(self, reason: str) -> None:
+        pass
+
+    def queued(self, delta: int) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+
+# Transport errors that mean the request never reached the upstream (so it cost nothing).
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _as_sent(value: str) -> bytes:
@@ -119,10 +165,14 @@ class UpstreamClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         on_attempt: Callable[[], None] = lambda: None,
+        observer: Observer | None = None,
+        on_free_call: Callable[[UpstreamRequest, Sequence[Attempt]], None] = lambda r, t: None,
     ) -> None:
         self.settings = settings
         self.limiter = limiter
         self.on_attempt = on_attempt
+        self.observer: Observer = observer or _Unobserved()
+        self.on_free_call = on_free_call
         t = settings.timeouts
         self.http = httpx.AsyncClient(
             base_url=settings.gateway.upstream_url,
@@ -195,6 +245,11 @@ class UpstreamClient:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         attempt = state.attempt_number
+        reason = (
+            str(exc.response.status_code) if isinstance(exc, RetryableStatus)
+            else type(exc).__name__
+        )  # fmt: skip
+        self.observer.retry(reason)
         if isinstance(exc, RetryableStatus) and exc.response.status_code == 429:
             pause = self._pause_after_429(exc.response)
             await self._cool_down(pause)
@@ -224,13 +279,54 @@ class UpstreamClient:
         deadline: Deadline,
         ticket: Ticket = ANONYMOUS,
         on_send: Callable[[], None] = lambda: None,
+        tries: list[Attempt] | None = None,
     ) -> UpstreamAnswer:
         """The final upstream response (2xx, a non-retryable error, or the last retryable
         one) and the attempts it took. Raises RateLimited when the queue is too long,
         UpstreamUnavailable/GatewayTimeout when no answer came, and the deadline's 504 when
-        it passes. `on_send` is called just before each attempt goes out (after the limiter)."""
-        async with deadline.enforced():
-            return await self._send(request, caller_headers, ticket, on_send)
+        it passes. `on_send` is called just before each attempt goes out (after the limiter).
+        Every attempt is appended to `tries` as it happens, so a caller learns what was sent
+        (and may have been charged) even when this raises."""
+        own = tries is None
+        tries = [] if tries is None else tries
+        try:
+            async with deadline.enforced():
+                return await self._send(request, caller_headers, ticket, on_send, tries)
+        finally:
+            if own and tries:  # a call nobody prices (account, engines, results): free
+                self.on_free_call(request, tries)
+
+    async def _attempt(
+        self, request: UpstreamRequest, headers: dict[str, str | bytes], tries: list[Attempt]
+    ) -> httpx.Response:
+        """One attempt, recorded: no answer counts as possibly charged unless the
+        connection was never made."""
+        route = request.route or request.path.split("?")[0].lstrip("/")
+        started = time.monotonic()
+        tries.append(Attempt(None, sent=True))
+        try:
+            response = await self._request(request, headers)
+        except BaseException as exc:
+            sent = not isinstance(exc, NOT_SENT_ERRORS)
+            tries[-1] = Attempt(None, sent=sent)
+            label = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "error"
+            self.observer.attempt(route, label, time.monotonic() - started)
+            raise
+        tries[-1] = Attempt(response.status_code)
+        self.observer.attempt(route, str(response.status_code), time.monotonic() - started)
+        return response
+
+    async def _acquire(self, ticket: Ticket) -> None:
+        self.observer.queued(1)
+        try:
+            waited = await self.limiter.acquire(ticket)
+        except QueueFull as exc:
+            raise queue_full(exc) from None
+        except CoordinationError as exc:  # a shared limiter that fails closed (Redis)
+            raise coordination_unavailable(exc) from exc
+        finally:
+            self.observer.queued(-1)
+        self.observer.waited(waited)
 
     async def _send(
         self,
@@ -238,6 +334,7 @@ class UpstreamClient:
         caller_headers: Mapping[str, str],
         ticket: Ticket,
         on_send: Callable[[], None],
+        tries: list[Attempt],
     ) -> UpstreamAnswer:
         headers = self.headers_for(caller_headers, request.accept)
         attempts = self.settings.retry.attempts
@@ -252,19 +349,14 @@ class UpstreamClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    try:
-                        await self.limiter.acquire(ticket)
-                    except QueueFull as exc:
-                        raise queue_full(exc) from None
-                    except CoordinationError as exc:
-                        raise coordination_unavailable(exc) from exc
+                    await self._acquire(ticket)
                     made += 1
                     self.on_attempt()
                     on_send()
-                    response = await self._request(request, headers)
+                    response = await self._attempt(request, headers, tries)
                     if response.status_code in RETRY_STATUSES:
                         raise RetryableStatus(response)
-                    return UpstreamAnswer(response, made)
+                    return UpstreamAnswer(response, list(tries))
         except RetryableStatus as exc:
             if exc.response.status_code == 429:
                 await self._cool_down(self._pause_after_429(exc.response))
@@ -272,7 +364,7 @@ class UpstreamClient:
                 "upstream answered %d after %d attempts; giving up",
                 exc.response.status_code, made,
             )  # fmt: skip
-            return UpstreamAnswer(exc.response, made)
+            return UpstreamAnswer(exc.response, list(tries))
         except httpx.DecodingError as exc:
             raise UpstreamError(f"upstream sent a body that could not be decoded ({exc})") from exc
         except httpx.ReadTimeout as exc:

@@ -87,7 +87,7 @@ def test_ten_segments_then_a_rerun_that_costs_nothing(
     print(f"\nfirst run: {summary(first)}")
     assert first.returncode == 0, first.stderr
     assert summary(first) == (
-        "10 images: 0 from cache, 10 generated, 0 failed; credits: not reported by the gateway"
+        "10 images: 0 from cache, 10 generated, 0 failed; credits: 20 spent, 0 saved"
     )
     assert len(fake.generation_calls()) == 10
     folder = tmp_path / "out" / "harbour" / "assets"
@@ -112,7 +112,7 @@ def test_ten_segments_then_a_rerun_that_costs_nothing(
         [1344, 768],
         [1920, 1080],
     )
-    assert meta["seed"] is not None and len(meta["cache_key"]) == 64 and meta["credits"] is None
+    assert meta["seed"] is not None and len(meta["cache_key"]) == 64 and meta["credits"] == 2
 
     fake.reset()
     rerun = generate(*args, cwd=tmp_path)
@@ -120,7 +120,7 @@ def test_ten_segments_then_a_rerun_that_costs_nothing(
     assert rerun.returncode == 0, rerun.stderr
     assert fake.generation_calls() == []
     assert summary(rerun) == (
-        "10 images: 10 from cache, 0 generated, 0 failed; credits: not reported by the gateway"
+        "10 images: 10 from cache, 0 generated, 0 failed; credits: 0 spent, 20 saved"
     )
     after = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(folder.iterdir())}
     assert after == before  # the same files, not even rewritten

@@ -57,3 +57,11 @@ def test_memory_limiter_with_several_workers_is_refused(tmp_path: Path, capsys) 
     path.write_text('[rate_limit]\nbackend = "memory"\n')
     assert main(["serve", "--config", str(path), "--workers", "2"]) == 2
     assert "per process" in capsys.readouterr().err
+
+
+def test_a_hung_upstream_is_answered_within_two_minutes_by_default() -> None:
+    """Issue 8: the seeds' client waits 60-120 s; the gateway answers first, and does not
+    resend a request that was sent whole (it may have been charged)."""
+    t = Settings().timeouts
+    assert (t.read_seconds, t.deadline_seconds, t.lease_seconds) == (60, 120, 5)
+    assert Settings().retry.retry_read_timeouts is False

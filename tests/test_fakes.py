@@ -271,7 +271,7 @@ def test_max_in_window_on_calls(fake: FakeStability, client: httpx.Client) -> No
 
 def test_concurrency_peak_and_clean_stop() -> None:
     with FakeStability() as fake:
-        fake.default = ok(delay=0.3)
+        fake.default = ok(delay=1.0)  # long enough for four threads to overlap surely
 
         def post(_: int) -> int:
             return httpx.post(f"{fake.url}{TEXT}", json=PROMPT, timeout=5).status_code

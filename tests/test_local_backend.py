@@ -108,3 +108,36 @@ def test_a_corrupt_index_is_one_clear_error(tmp_path: Path, settings: Settings) 
     message = str(caught.value)
     assert str(folder) in message and "STABILITY_GATEWAY_CACHE_DIR" in message
     assert "\n" not in message
+
+
+async def test_a_folder_of_the_first_layout_is_brought_over(tmp_path: Path) -> None:
+    """What the first DiskStore wrote: the entries (and hits) come over, damaged ones not."""
+    import hashlib
+
+    import diskcache
+
+    old = diskcache.Cache(str(tmp_path / "entries"))
+    for key, data, damaged in (("a" * 64, BIG, False), ("b" * 64, b"tiny", False),
+                               ("c" * 64, BIG[:-1] + b"!", True)):  # fmt: skip
+        digest = hashlib.sha256(BIG if damaged else data).hexdigest()
+        old.set(("meta", key), {
+            "key": key, "engine": "e1", "route": "v1/text-to-image", "created_at": 100.0,
+            "version": "v0", "bytes": len(data), "source": "upstream", "width": 8,
+            "prompts": [{"text": f"old {key[0]}", "weight": 1}],
+            "artifacts": [{"seed": 3, "finish_reason": "SUCCESS", "media_type": "image/png",
+                           "bytes": len(data), "sha256": digest}],
+        })  # fmt: skip
+        old.set(("blob", key, "v0", 0), data)
+    old.set(("hits", "a" * 64), (4, 150.0))
+    old.close()
+    store = LocalEntryStore(tmp_path)
+    entry = await store.get("a" * 64)
+    assert entry is not None and entry.artifacts[0].data == BIG and entry.meta.hits == 4
+    assert entry.meta.summary["prompts"][0]["text"] == "old a" and entry.meta.created_at == 100
+    assert await store.get("b" * 64) is not None and await store.get("c" * 64) is None
+    assert (await store.totals()).entries == 2
+    assert not (tmp_path / "entries").exists() and (tmp_path / "entries.migrated").is_dir()
+    await store.close()
+    again = LocalEntryStore(tmp_path)  # once only
+    assert (await again.totals()).entries == 2
+    await again.close()

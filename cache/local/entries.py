@@ -14,6 +14,7 @@ the entry meanwhile (then the read is simply retried).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -30,6 +31,7 @@ from cache.interfaces import EntryPage, EntryQuery, StoreError, StoreTotals
 from cache.local.blobs import DiskBlobStore
 from cache.local.errors import store_errors
 from cache.local.index import Index
+from cache.local.legacy import migrate
 from cache.model import Artifact, ArtifactInfo, Entry, EntryMeta, Source, prompt_text
 
 log = logging.getLogger("cache.local")
@@ -56,6 +58,8 @@ class LocalEntryStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.index = Index(self.directory / "index.sqlite3")
         self.blobs = DiskBlobStore(self.directory / "blobs")
+        with store_errors(self.where):
+            migrate(self.directory, self.index, self.blobs)
         self._verified: set[str] = set()
         self._failing_since: float | None = None
         # Operations under way in worker threads; close() waits for them, since closing a
@@ -270,7 +274,7 @@ class LocalEntryStore:
     async def list(self, query: EntryQuery) -> EntryPage:
         return await self._run(self._list, query)
 
-    async def resolve(self, prefix: str, limit: int = 2) -> list[str]:
+    async def resolve(self, prefix: str, limit: int = 2) -> builtins.list[str]:
         with self._operation(), store_errors(self.where):
             return self.index.resolve(prefix, limit)
 

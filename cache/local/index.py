@@ -46,8 +46,10 @@ CREATE TABLE IF NOT EXISTS entries (
     last_hit_at REAL
 );
 CREATE INDEX IF NOT EXISTS entries_created ON entries (created_at);
-CREATE INDEX IF NOT EXISTS entries_engine ON entries (engine, created_at);
-CREATE INDEX IF NOT EXISTS entries_route ON entries (route, created_at);
+-- Each index also holds the rowid (`id`), so a filtered page newest first is a walk of
+-- one index range in order, with no sort.
+CREATE INDEX IF NOT EXISTS entries_engine ON entries (engine);
+CREATE INDEX IF NOT EXISTS entries_route ON entries (route);
 CREATE TABLE IF NOT EXISTS blob_refs (
     sha256 TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -174,39 +176,49 @@ class Index:
         return [str(r[0]) for r in rows]
 
     def page(self, query: EntryQuery, total_if_unfiltered: int) -> tuple[int, list[EntryMeta]]:
+        """One page newest first. Newest is highest `id`: rows are inserted when stored (a
+        new version is a new row), so the primary key is the order, and a prompt search
+        walks the FTS index in that same order instead of sorting its matches."""
         where: list[str] = []
         args: list[Any] = []
         if query.engine:
-            where.append("engine = ?")
+            where.append("e.engine = ?")
             args.append(query.engine)
         if query.route:
-            where.append("route = ?")
+            where.append("e.route = ?")
             args.append(query.route)
         if query.since is not None:
-            where.append("created_at >= ?")
+            where.append("e.created_at >= ?")
             args.append(query.since)
         if query.until is not None:
-            where.append("created_at < ?")
+            where.append("e.created_at < ?")
             args.append(query.until)
-        if query.prompt:
-            if len(query.prompt) >= TRIGRAM:
-                where.append("id IN (SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?)")
-                args.append('"' + query.prompt.replace('"', '""') + '"')
-            else:
-                escaped = query.prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                where.append("prompt LIKE ? ESCAPE '\\'")
-                args.append(f"%{escaped}%")
+        source, order = "entries e", "e.id"
+        if query.prompt and len(query.prompt) >= TRIGRAM:
+            source, order = "entries_fts f JOIN entries e ON e.id = f.rowid", "f.rowid"
+            where.insert(0, "entries_fts MATCH ?")
+            args.insert(0, '"' + query.prompt.replace('"', '""') + '"')
+        elif query.prompt:
+            escaped = query.prompt.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("e.prompt LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        columns = ", ".join(f"e.{c.strip()}" for c in COLUMNS.split(","))
         db = self.connection()
         rows = db.execute(
-            f"SELECT {COLUMNS} FROM entries {clause} "
-            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            f"SELECT {columns} FROM {source} {clause} ORDER BY {order} DESC LIMIT ? OFFSET ?",
             (*args, query.limit, query.offset),
         ).fetchall()
-        if where:
-            total = int(db.execute(f"SELECT count(*) FROM entries {clause}", args).fetchone()[0])
-        else:
+        if not where:
             total = total_if_unfiltered
+        elif where == ["entries_fts MATCH ?"]:  # the FTS index counts its own matches
+            total = int(
+                db.execute(
+                    "SELECT count(*) FROM entries_fts WHERE entries_fts MATCH ?", args
+                ).fetchone()[0]
+            )
+        else:
+            total = int(db.execute(f"SELECT count(*) FROM {source} {clause}", args).fetchone()[0])
         return total, [row_to_meta(r) for r in rows]
 
     def oldest(self, limit: int) -> list[str]:

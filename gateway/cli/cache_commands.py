@@ -232,8 +232,16 @@ def summary(numbers: dict[str, Any]) -> str:
         ("served from cache", _mib(n.pop("bytes_served_from_cache", 0))),
         ("fallbacks served", str(n.pop("stale_served", 0))),
     ]
-    if "credits_saved" in n:
-        lines.append(("credits saved", f"{float(n.pop('credits_saved')):g}"))
+    spent, saved = float(n.pop("credits_spent", 0)), float(n.pop("credits_saved", 0))
+    today_spent = float(n.pop("credits_spent_today", 0))
+    today_saved = float(n.pop("credits_saved_today", 0))
+    lines.append(("credits spent", f"{spent:g} ({today_spent:g} today, UTC)"))
+    lines.append(("credits saved", f"{saved:g} ({today_saved:g} today, UTC)"))
+    for caller, figures in sorted(dict(n.pop("callers", {}) or {}).items()):
+        lines.append((
+            f"  {caller}",
+            f"spent {float(figures.get('spent', 0)):g}, saved {float(figures.get('saved', 0)):g}",
+        ))  # fmt: skip
     lines += [(name.replace("_", " "), str(value)) for name, value in n.items()]
     width = max(len(label) for label, _ in lines)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in lines)

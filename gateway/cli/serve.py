@@ -6,7 +6,9 @@ import argparse
 import inspect
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -70,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     # many they are (each paces itself at its share of the limit on a full disk).
     os.environ["STABILITY_GATEWAY_HOST"] = host
     os.environ["STABILITY_GATEWAY_WORKERS"] = str(workers)
+    metrics_dir = _metrics_folder()
     limits = ServerLimits.from_settings(settings.gateway)
     config = GatewayConfig(
         "gateway.app:app_from_environment",
@@ -86,6 +89,25 @@ def serve(args: argparse.Namespace) -> int:
     _raise_open_file_limit(limits.max_connections + SPARE_FILES)
     _say_mode(settings)
     server = uvicorn.Server(config)
+    try:
+        return _run(server, config)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_folder() -> str | None:
+    """Where every worker writes its metrics, for /metrics to add up (prometheus_client's
+    multiprocess mode). Fresh for each start, unless the operator chose one; must be set
+    before any worker imports prometheus_client."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    folder = tempfile.mkdtemp(prefix="stability-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    return folder
+
+
+def _run(server: uvicorn.Server, config: GatewayConfig) -> int:
     if config.workers > 1:  # what uvicorn.run does for workers, with our Config
         from uvicorn.supervisors import Multiprocess
 

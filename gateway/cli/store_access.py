@@ -82,7 +82,8 @@ def open_store(settings: Settings) -> Store:
     path = Path(settings.cache.dir)
     if not path.is_dir():
         raise NoCache(f"no cache folder at {path.resolve()}")
-    if not (path / "index.sqlite3").is_file():
+    legacy = (path / "entries" / "cache.db").is_file()  # the first layout: brought over
+    if not (path / "index.sqlite3").is_file() and not legacy:
         raise NoCache(f"{path.resolve()} holds no gateway cache (no index.sqlite3)")
     return Store(settings)
 

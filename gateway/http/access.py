@@ -12,12 +12,15 @@ import contextvars
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway.access")
+
+QUIET_PATHS = ("/healthz", "/metrics")  # logged at DEBUG: probes and scrapers are frequent
 
 
 @dataclass
@@ -97,11 +100,16 @@ def note_error(name: str, ident: str, reason: str = "") -> None:
             record.reason = reason
 
 
-class AccessLog:
-    """Pure ASGI middleware: one line per HTTP request, after its answer was sent."""
+Observe = Callable[[str, int, str, str, float], None]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class AccessLog:
+    """Pure ASGI middleware: one line per HTTP request, after its answer was sent, and the
+    same facts to `observe` (route, status, cache, caller, seconds: the metrics)."""
+
+    def __init__(self, app: ASGIApp, observe: Observe | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,7 +131,9 @@ class AccessLog:
             record.route = getattr(route, "path", "") or ""
             if record.status == 0:
                 record.status = 499 if not record.error_name else 500
-            if record.path == "/healthz" or record.path == "/metrics":
-                log.debug("%s", record.line(), extra={"access": record.fields()})
-            else:
-                log.info("%s", record.line(), extra={"access": record.fields()})
+            fields = record.fields()
+            level = logging.DEBUG if record.path in QUIET_PATHS else logging.INFO
+            log.log(level, "%s", record.line(), extra=fields)
+            if self.observe is not None:
+                self.observe(record.route, record.status, record.cache, record.caller,
+                             fields["duration_ms"] / 1000)  # fmt: skip

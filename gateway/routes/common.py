@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -107,7 +107,7 @@ def json_depth(data: Any) -> int:
     return depth
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     """NaN and Infinity are not JSON, and slip through every range check (NaN < 0 and
     NaN > 35 are both false): refuse them as the real API's JSON parser would."""
     raise ValueError(f"{name} is not a valid JSON number")

@@ -10,6 +10,7 @@ multipart boundary changes it. The answer format is v1's, as on text-to-image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from cache.keys import make_key
 from cache.model import Artifact
 from gateway.errors import BadRequest
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.routes.common import engine_id, read_multipart, wants_image
 from gateway.routes.text_to_image import TextToImage, sample_line
@@ -65,7 +66,7 @@ class ImageToImage:
         checked = await anyio.to_thread.run_sync(check_form, form.fields, form.file_bytes(), table)
         params = checked.params
         width, height = self._output_size(checked)
-        want = "image" if wants_image(request, image_types=("image/png",)) else "json"
+        want: Want = "image" if wants_image(request, image_types=("image/png",)) else "json"
         samples = int(params.get("samples", 1))
         if want == "image" and samples != 1:
             raise BadRequest(
@@ -81,6 +82,7 @@ class ImageToImage:
                 f"/v1/generation/{engine}/{self.suffix}",
                 data=dict(form.fields),
                 files={name: upload.as_httpx() for name, upload in form.files.items()},
+                route=self.route,
             ),
             want=want,
             # An upscaler's exact rounding of the kept aspect is its own: not checked.
@@ -115,7 +117,7 @@ class ImageToImage:
         return _V1_ANSWER.decode(response, generation)
 
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         return _V1_ANSWER.render(artifacts, generation, headers)
 

@@ -34,7 +34,7 @@ from gateway.config import Settings
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, GatewayTimeout, NotFound
 from gateway.fetch import Failed, Fetched, Fetcher, credential_hash
-from gateway.generation import UpstreamRequest
+from gateway.generation import UpstreamRequest, Want
 from gateway.http.forward import forward
 from gateway.jobs import job_id
 from gateway.routes.common import result_id, wants_json_v2
@@ -42,6 +42,7 @@ from gateway.routes.stable_image import V2_JSON_ANSWER, render_v2
 from gateway.upstream import UpstreamClient
 
 ENGINES_TTL_SECONDS = 60.0
+RESULTS_ROUTE = "v2beta/results/{id}"
 MAX_ENGINE_LISTS = 256  # distinct credentials whose engine list is held in memory
 # Display names for the engines offline mode lists (which engines: `[gateway] engines`).
 ENGINE_NAMES: dict[str, tuple[str, str]] = {
@@ -107,7 +108,7 @@ class AccountPassThrough:
         assert self.upstream is not None
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         answer = await self.upstream.send(
-            UpstreamRequest("GET", path), request.headers,
+            UpstreamRequest("GET", path, route=request.url.path.lstrip("/")), request.headers,
             deadline=Deadline(self.deadline_seconds),
         )  # fmt: skip
         return answer.response
@@ -170,7 +171,7 @@ class Results:
             return exc.response(v2=True)
 
     async def _results(self, request: Request, job: str) -> Response:
-        want = "json" if wants_json_v2(request) else "image"
+        want: Want = "json" if wants_json_v2(request) else "image"
         known = await self.fetcher.jobs.get(job) if self.fetcher is not None else None
         if (
             known is not None
@@ -206,11 +207,14 @@ class Results:
         if known is None:  # not a job of ours: a plain pass-through, in the caller's format
             accept = request.headers.get("accept") or "image/*"
             answer = await upstream.send(
-                UpstreamRequest("GET", path, accept=accept), request.headers, deadline=deadline
+                UpstreamRequest("GET", path, accept=accept, route=RESULTS_ROUTE),
+                request.headers,
+                deadline=deadline,
             )
             return forward(answer.response, {"X-Cache": "BYPASS"})
-        answer = await upstream.send(UpstreamRequest("GET", path), request.headers,
-                                     deadline=deadline)  # fmt: skip
+        answer = await upstream.send(
+            UpstreamRequest("GET", path, route=RESULTS_ROUTE), request.headers, deadline=deadline
+        )
         response = answer.response
         headers = {"X-Cache": "MISS", "X-Cache-Key": known.key}
         if response.status_code != 200 or job_id(response) is not None:

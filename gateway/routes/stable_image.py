@@ -31,6 +31,7 @@ import base64
 import binascii
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from cache.keys import make_key
 from cache.model import Artifact
 from gateway.errors import UpstreamError
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
 from gateway.routes.common import read_multipart, wants_json_v2
@@ -225,7 +226,7 @@ def _v2_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
     )
 
 
-def render_v2(artifact: Artifact, want: str, headers: dict[str, str]) -> Response:
+def render_v2(artifact: Artifact, want: Want, headers: dict[str, str]) -> Response:
     """Image bytes with finish-reason/seed headers, or v2beta's JSON, from one artifact."""
     if want == "json":
         body = rendered(artifact, V2_JSON, _v2_json)
@@ -243,20 +244,20 @@ class StableImage:
     v2 = True
 
     def __init__(self, route: V2Route) -> None:
-        self.spec = route
+        self.row = route
         self.route = route.path.lstrip("/")
         self.name = route.path.rsplit("/", 1)[1]
 
     async def parse(self, request: Request) -> Generation:
         form = await read_multipart(request)
-        table = self.spec.table
+        table = self.row.table
         checked = await anyio.to_thread.run_sync(check_form, form.fields, form.file_bytes(), table)
         params = checked.params
         output_format = str(params.get("output_format", "png"))
-        (width, height), ratio = output_size(self.spec, params, checked.image_sizes)
+        (width, height), ratio = output_size(self.row, params, checked.image_sizes)
         source = checked.image_sizes.get("image")
-        want = "json" if wants_json_v2(request) else "image"
-        if self.spec.job:
+        want: Want = "json" if wants_json_v2(request) else "image"
+        if self.row.job:
             want = "job"  # the answer is an id to poll; the poll picks the format
         prompts = [{"text": params["prompt"], "weight": 1}] if params.get("prompt") else []
         if params.get("negative_prompt"):
@@ -267,13 +268,14 @@ class StableImage:
             key=make_key(self.route, self.name, params, checked.uploads),
             upstream=UpstreamRequest(
                 "POST",
-                self.spec.path,
+                self.row.path,
                 data=dict(form.fields),
                 files={name: upload.as_httpx() for name, upload in form.files.items()},
+                route=self.route,
             ),
             want=want,
             # Generate routes: the ratio is checked in decode; 4K upscales: check_upscaled.
-            expected_size=expected_size(self.spec, params, source),
+            expected_size=expected_size(self.row, params, source),
             expected_formats=(PIL_FORMATS[output_format],),
             random_seed="seed" in table.fields and not params.get("seed"),
             summary={
@@ -284,11 +286,11 @@ class StableImage:
                 "height": height,
                 "aspect_ratio": ratio,
                 "upscaled_from": list(source)
-                if source and self.spec.output == "upscale_4k"
+                if source and self.row.output == "upscale_4k"
                 else None,
                 "output_format": output_format,
                 "seed": params.get("seed", 0),
-                "job": self.spec.job,
+                "job": self.row.job,
                 "params": params,
                 "uploads": {
                     name: {"bytes": len(checked.uploads[name]), "width": w, "height": h}
@@ -302,7 +304,7 @@ class StableImage:
         return decode_v2(response, generation)
 
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         if generation.want == "job":
             return JSONResponse({"id": generation.key}, headers=headers)

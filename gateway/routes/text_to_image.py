@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -15,7 +15,7 @@ from starlette.responses import Response
 from cache.keys import make_key, normalise
 from cache.model import Artifact
 from gateway.errors import BadRequest, UpstreamError
-from gateway.generation import Generation, UpstreamRequest
+from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
 from gateway.routes.common import engine_id, read_json_object, wants_image
@@ -45,7 +45,8 @@ def fill_defaults(
         filled.update(defaults.get("text_to_image_sdxl", {}))
     filled.update({k: v for k, v in body.items() if v is not None})
     filled["text_prompts"] = [{**p, "weight": p.get("weight", 1)} for p in body["text_prompts"]]
-    return normalise(filled)
+    normalised: dict[str, Any] = normalise(filled)
+    return normalised
 
 
 class TextToImage:
@@ -66,7 +67,7 @@ class TextToImage:
         check_engine_dimensions(engine, params.get("width"), params.get("height"))
         check_fields(params, TEXT_TO_IMAGE_RULES)
         width, height = int(params["width"]), int(params["height"])
-        want = "image" if wants_image(request, image_types=("image/png",)) else "json"
+        want: Want = "image" if wants_image(request, image_types=("image/png",)) else "json"
         if want == "image" and params["samples"] != 1:
             raise BadRequest(
                 "samples must be 1 when Accept is image/png (one image per response)",
@@ -78,7 +79,9 @@ class TextToImage:
             route=ROUTE,
             engine=engine,
             key=key,
-            upstream=UpstreamRequest("POST", f"/v1/generation/{engine}/text-to-image", json=params),
+            upstream=UpstreamRequest(
+                "POST", f"/v1/generation/{engine}/text-to-image", json=params, route=ROUTE
+            ),
             want=want,
             expected_size=(width, height),
             random_seed=not params.get("seed"),
@@ -126,7 +129,7 @@ class TextToImage:
         return artifacts
 
     def render(
-        self, artifacts: list[Artifact], generation: Generation, headers: dict[str, str]
+        self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         if generation.want == "image":
             first = artifacts[0]
@@ -184,7 +187,7 @@ def _single_answer(artifact: Artifact, b64: bytes | None = None) -> bytes:
     return b"".join((b'{"artifacts":[', _artifact_json(artifact, b64), b"]}"))
 
 
-def json_artifacts(artifacts: list[Artifact]) -> bytes:
+def json_artifacts(artifacts: Sequence[Artifact]) -> bytes:
     """Stability's v1 JSON answer. A one-image answer (the usual case) is built once per
     artifact and reused: base64-encoding a 2.6 MB image costs milliseconds per request."""
     if len(artifacts) == 1:

@@ -34,7 +34,6 @@ import json
 import logging
 import random
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -46,7 +45,6 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Self
 
-import uvicorn
 from PIL import UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -56,6 +54,7 @@ from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.fakes.images import image_bytes, image_size
+from tests.support.threaded_server import ThreadedServer
 
 # Output size of the v2beta endpoints, which take an aspect ratio instead of a width and height.
 V2_ASPECT_SIZES: dict[str, tuple[int, int]] = {
@@ -91,9 +90,14 @@ def key_hash(authorization: str) -> str:
 # --- Behaviours: what the fake does with the next generation request -------------------------
 
 
-@dataclass(frozen=True)
+# Each behaviour is one frozen dataclass, and its lower-case name is the same class, so a
+# script reads `fake.script(error(429, headers=...), ok())` with nothing defined twice.
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ok:
-    """A normal answer; width/height force the produced image's size (to fake a wrong size)."""
+    """Answer normally (after `delay` seconds), e.g. finish_reason="CONTENT_FILTERED";
+    width/height force the produced image's size (to fake a wrong size)."""
 
     delay: float = 0.0
     finish_reason: str = "SUCCESS"
@@ -105,14 +109,18 @@ class Ok:
 
 @dataclass(frozen=True)
 class ApiError:
-    """An error in Stability's JSON shape; v2=None picks the shape of the route that was hit."""
+    """Answer with an error, e.g. error(429, "rate_limit_exceeded", headers={"Retry-After": "2"}).
+
+    v1 body: {"id", "name", "message"}; v2 body: {"id", "name", "errors": [message]}. By default
+    (v2=None) the shape follows the route; pass v2=True/False to force one.
+    """
 
     status: int
     name: str = "server_error"
     message: str = "An unexpected server error occurred, please try again."
-    headers: Mapping[str, str] | None = None
-    delay: float = 0.0
-    v2: bool | None = None
+    headers: Mapping[str, str] | None = field(default=None, kw_only=True)
+    delay: float = field(default=0.0, kw_only=True)
+    v2: bool | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -127,56 +135,33 @@ class Malformed:
 
 @dataclass(frozen=True)
 class RawBody:
-    """Any status and body, for cases the other behaviours do not cover."""
+    """Answer with exactly this status, body and content type."""
 
     status: int
     body: bytes
-    content_type: str
-    delay: float = 0.0
+    content_type: str = "application/octet-stream"
+    delay: float = field(default=0.0, kw_only=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Accepted:
-    """Start a job: answer `status` with `{"id"}`; the image comes from /v2beta/results/{id}."""
+    """Answer with a job id, as Stability's asynchronous routes do (200 on the real API; the
+    status is scriptable). GET /v2beta/results/{id} then answers 202 `{"id", "status":
+    "in-progress"}` `polls` times, then 200 with the image in the format the poll Accepts
+    (of width x height when given, to fake a wrong size)."""
 
     status: int = 200
     polls: int = 1  # 202 in-progress answers before the result is ready
     delay: float = 0.0
-    width: int | None = None  # force the result's size (to fake a wrong size)
+    width: int | None = None
     height: int | None = None
 
 
 Behaviour = Ok | ApiError | Malformed | RawBody | Accepted
-
-
-def ok(
-    *,
-    delay: float = 0.0,
-    finish_reason: str = "SUCCESS",
-    seed: int | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    noisy: bool = False,
-) -> Ok:
-    """Answer normally (after `delay` seconds), e.g. finish_reason="CONTENT_FILTERED"."""
-    return Ok(delay, finish_reason, seed, width, height, noisy)
-
-
-def error(
-    status: int,
-    name: str = "server_error",
-    message: str = "An unexpected server error occurred, please try again.",
-    *,
-    headers: Mapping[str, str] | None = None,
-    delay: float = 0.0,
-    v2: bool | None = None,
-) -> ApiError:
-    """Answer with an error, e.g. error(429, "rate_limit_exceeded", headers={"Retry-After": "2"}).
-
-    v1 body: {"id", "name", "message"}; v2 body: {"id", "name", "errors": [message]}. By default
-    the shape follows the route; pass v2=True/False to force one.
-    """
-    return ApiError(status, name, message, headers, delay, v2)
+ok = Ok
+error = ApiError
+accepted = Accepted
+status_body = RawBody
 
 
 def hang(seconds: float) -> Ok:
@@ -231,32 +216,6 @@ def undecodable_png(data: bytes) -> bytes:
 def wrong_size(*, delay: float = 0.0) -> Ok:
     """A normal answer except that the image is 64x64 whatever size was asked."""
     return Ok(delay=delay, width=64, height=64)
-
-
-def accepted(
-    *,
-    status: int = 200,
-    polls: int = 1,
-    delay: float = 0.0,
-    width: int | None = None,
-    height: int | None = None,
-) -> Accepted:
-    """Answer with a job id, as Stability's asynchronous routes do (200 on the real API; the
-    status is scriptable). GET /v2beta/results/{id} then answers 202 `{"id", "status":
-    "in-progress"}` `polls` times, then 200 with the image in the format the poll Accepts
-    (of width x height when given, to fake a wrong size)."""
-    return Accepted(status, polls, delay, width, height)
-
-
-def status_body(
-    status: int,
-    body: bytes,
-    content_type: str = "application/octet-stream",
-    *,
-    delay: float = 0.0,
-) -> RawBody:
-    """Answer with exactly this status, body and content type."""
-    return RawBody(status, body, content_type, delay)
 
 
 # --- Recording ---------------------------------------------------------------------------------
@@ -353,15 +312,6 @@ def _upload_size(files: dict[str, bytes], name: str) -> tuple[int, int]:
         raise _BadRequest(f"{name}: not a decodable image") from exc
 
 
-def _init_image_size(files: dict[str, bytes]) -> tuple[int, int]:
-    if "init_image" not in files:
-        raise _BadRequest("init_image: required file is missing")
-    try:
-        return image_size(files["init_image"])
-    except (UnidentifiedImageError, OSError) as exc:
-        raise _BadRequest("init_image: not a decodable image") from exc
-
-
 def _v1_raw(request: Request) -> bool:
     return "image/png" in request.headers.get("accept", "")
 
@@ -385,7 +335,7 @@ async def _parse_v1_text(request: Request) -> _GenRequest:
 
 async def _parse_v1_image(request: Request) -> _GenRequest:
     form, files = await _read_form(request)
-    width, height = _init_image_size(files)
+    width, height = _upload_size(files, "init_image")
     return _GenRequest(
         v2=False,
         raw=_v1_raw(request),
@@ -596,10 +546,7 @@ class FakeStability:
         self._requested_port = port
         self._lock = threading.Lock()
         self._state = _State()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        self._server: ThreadedServer | None = None
         self.port = 0
         self.app = self._build_app()
 
@@ -817,9 +764,10 @@ class FakeStability:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early when the fake stops, so stop() never waits out a hang()."""
-        if seconds > 0 and self._stopping is not None:
+        stopping = self._server.stopping if self._server is not None else None
+        if seconds > 0 and stopping is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), seconds)
+                await asyncio.wait_for(stopping.wait(), seconds)
 
     async def _engines(self, request: Request) -> Response:
         who = _who(request)
@@ -863,58 +811,20 @@ class FakeStability:
     # Lifecycle (called from the test thread).
 
     def start(self, timeout: float = 10.0) -> Self:
-        """Serve on a fresh free port; return once the server accepts connections."""
+        """Serve on a fresh free port (or the one asked for); return once it accepts."""
         logger = logging.getLogger("uvicorn.error")
         if _RESET_LOG_FILTER not in logger.filters:
             logger.addFilter(_RESET_LOG_FILTER)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", self._requested_port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=0,
-            http="h11",
-            log_level="warning",
-            log_config=None,  # leave logging config alone; records propagate to pytest's capture
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(server, sock),), daemon=True
-        )
-        self._thread.name = f"fake-stability-{self.port}"
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError("FakeStability did not start")
-            time.sleep(0.005)
+        self._server = ThreadedServer(self.app, port=self._requested_port, name="fake-stability")
+        self._server.start(timeout)
+        self.port = self._server.port
         return self
-
-    async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        await server.serve(sockets=[sock])  # closes sock on shutdown
 
     def stop(self) -> None:
         """Stop serving, wake any hang()s, and wait for the server thread (and port) to close."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(stopping.set)
-        self._thread.join(timeout=10)
-        if self._thread.is_alive():
-            raise RuntimeError("FakeStability server thread did not stop")
-        self._server = self._thread = self._loop = self._stopping = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> Self:
         return self.start()

@@ -31,12 +31,17 @@ async def running_app(
 
 @contextlib.asynccontextmanager
 async def app_client(
-    settings: Settings, upstream: Handler | None = None, *, raise_app_exceptions: bool = True
+    settings: Settings,
+    upstream: Handler | None = None,
+    *,
+    raise_app_exceptions: bool = True,
+    base_url: str = "http://gw",
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """With `raise_app_exceptions` False, an unhandled error is the 500 a client would see."""
+    """With `raise_app_exceptions` False, an unhandled error is the 500 a client would see.
+    `base_url` sets the Host header (the gallery, open without a token, wants a loopback one)."""
     async with running_app(settings, upstream) as app:
         transport = httpx.ASGITransport(app, raise_app_exceptions=raise_app_exceptions)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
 

@@ -1,15 +1,16 @@
-"""Parameter rules as data: one table per route, checked before any credit is spent.
+"""The validation engine: rules as data, and the functions that check a request against
+them. It knows no route; the tables live beside it (v1.py, v2beta.py).
 
-A rule names a field's type, bounds and allowed values; `check_fields` walks a table and
-raises BadRequest with the real API's error name where one is known (`invalid_samples`,
-`invalid_prompts`, ...) and `bad_request` otherwise, with a message naming the field.
+A `Rule` names a field's type, bounds and allowed values; `check_fields` walks a table of
+them and raises BadRequest with the real API's error name where one is known
+(`invalid_samples`, `invalid_prompts`, ...) and `bad_request` otherwise, with a message
+naming the field. A `FormTable` describes a whole multipart route (fields, uploads,
+documented defaults, rules between fields) for `check_form`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,46 +22,17 @@ from PIL import Image
 from cache.keys import normalise
 from gateway.errors import BadRequest, PayloadTooLarge
 
-STYLE_PRESETS = (
-    "3d-model", "analog-film", "anime", "cinematic", "comic-book", "digital-art", "enhance",
-    "fantasy-art", "isometric", "line-art", "low-poly", "modeling-compound", "neon-punk",
-    "origami", "photographic", "pixel-art", "tile-texture",
-)  # fmt: skip
-SAMPLERS = (
-    "DDIM", "DDPM", "K_DPMPP_2M", "K_DPMPP_2S_ANCESTRAL", "K_DPM_2", "K_DPM_2_ANCESTRAL",
-    "K_EULER", "K_EULER_ANCESTRAL", "K_HEUN", "K_LMS",
-)  # fmt: skip
-CLIP_GUIDANCE_PRESETS = ("FAST_BLUE", "FAST_GREEN", "NONE", "SIMPLE", "SLOW", "SLOWER", "SLOWEST")
-
-SDXL_V1_SIZES: tuple[tuple[int, int], ...] = (
-    (1024, 1024), (1152, 896), (1216, 832), (1344, 768), (1536, 640),
-    (640, 1536), (768, 1344), (832, 1216), (896, 1152),
-)  # fmt: skip
-# Engines that only accept the SDXL 1.0 sizes (the real API answers 400
-# invalid_sdxl_v1_dimensions for anything else).
-SDXL_V1_ENGINES = frozenset({"stable-diffusion-xl-1024-v1-0", "stable-diffusion-xl-1024-v0-9"})
-
-MAX_SEED = 4_294_967_295
 MAX_PROMPT_CHARS = 2000
 # Prompts per request. Stability sets no number, but every prompt is stored with the entry
 # (and a multipart body holds at most 200 fields: 100 text/weight pairs), so the JSON route
 # gets the same bound rather than letting a 10 MiB body of prompts into the cache metadata.
 MAX_PROMPTS = 100
-# `extras` is an object passed upstream as sent and stored with the entry: bounded in its
-# encoded size (its depth is bounded with the whole body's, see routes.common).
-MAX_EXTRAS_BYTES = 64 * 1024
-# The top-level fields of the v1 text-to-image body, as Stability documents them
-# (TextToImageRequestBody: text_prompts, height, width, and GenerationRequestOptionalParams).
-TEXT_TO_IMAGE_FIELDS = (
-    "text_prompts", "height", "width", "cfg_scale", "clip_guidance_preset", "sampler",
-    "samples", "seed", "steps", "style_preset", "extras",
-)  # fmt: skip
 PROMPTS_SHAPE = "a list of {text, weight} objects"
 
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # "int" | "number" | "string" | "object"
+    kind: Literal["int", "number", "string", "object"]
     minimum: float | None = None
     maximum: float | None = None
     choices: Sequence[str] | None = None
@@ -69,22 +41,6 @@ class Rule:
     error: str = "bad_request"
     required: bool = False  # absent, null or "" is refused
     why: str = ""  # said with every refusal, when the bounds need explaining
-
-
-TEXT_TO_IMAGE_RULES: Mapping[str, Rule] = {
-    "cfg_scale": Rule("number", 0, 35),
-    "clip_guidance_preset": Rule("string", choices=CLIP_GUIDANCE_PRESETS),
-    # No Stability v1 engine goes beyond 2048 a side; the bound also keeps an offline
-    # placeholder from allocating gigabytes.
-    "height": Rule("int", 128, 2048, multiple_of=64, error="invalid_height_or_width"),
-    "width": Rule("int", 128, 2048, multiple_of=64, error="invalid_height_or_width"),
-    "sampler": Rule("string", choices=SAMPLERS),
-    "samples": Rule("int", 1, 10, error="invalid_samples"),
-    "seed": Rule("int", 0, MAX_SEED),
-    "steps": Rule("int", 10, 50),
-    "style_preset": Rule("string", choices=STYLE_PRESETS),
-    "extras": Rule("object"),
-}
 
 
 def _is_int(value: Any) -> bool:
@@ -138,15 +94,6 @@ def check_known_fields(body: Mapping[str, Any], known: Sequence[str]) -> None:
         )
 
 
-def check_extras(extras: Any) -> None:
-    """`extras` goes upstream as sent and is stored with the entry: at most MAX_EXTRAS_BYTES."""
-    if extras is None:
-        return
-    size = len(json.dumps(extras, ensure_ascii=False).encode("utf-8"))
-    if size > MAX_EXTRAS_BYTES:
-        raise BadRequest(f"extras: {size} bytes encoded, over the {MAX_EXTRAS_BYTES} byte limit")
-
-
 def _json_kind(value: Any) -> str:
     """What a JSON value is, in the words of JSON rather than Python."""
     kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (dict, "an object"))
@@ -192,16 +139,6 @@ def check_text_prompts(prompts: Any) -> None:
             raise BadRequest(f"{where}.weight: expected a number", name="invalid_prompts")
 
 
-def check_engine_dimensions(engine: str, width: Any, height: Any) -> None:
-    if engine in SDXL_V1_ENGINES and (width, height) not in SDXL_V1_SIZES:
-        allowed = ", ".join(f"{w}x{h}" for w, h in SDXL_V1_SIZES)
-        raise BadRequest(
-            f"For the {engine} engine, width x height must be one of: {allowed}. "
-            f"Got {width}x{height}. (For 16:9 video frames, ask for 1344x768 and scale up.)",
-            name="invalid_sdxl_v1_dimensions",
-        )
-
-
 # --- Multipart routes: one FormTable per route (and engine), checked by `check_form` ------
 #
 # A FormTable holds everything the gateway knows about one multipart route: the rules for
@@ -209,33 +146,10 @@ def check_engine_dimensions(engine: str, width: Any, height: Any) -> None:
 # defaults that may safely stand in for an absent field in the cache key, and the rules
 # between fields (`When`). Routes never test parameters themselves; they pick a table.
 
-MAX_V2_SEED = 4_294_967_294
-MAX_V2_PROMPT_CHARS = 10_000
 # Text fields a table does not know go upstream as sent and into the key and the entry's
 # metadata; each is bounded like the longest documented text field (a v2beta prompt).
-MAX_EXTRA_FIELD_CHARS = MAX_V2_PROMPT_CHARS
+MAX_EXTRA_FIELD_CHARS = 10_000
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-V1_UPSCALE_MIN_SIDE = 512
-V1_UPSCALE_MAX_PIXELS = 4_194_304  # 2048x2048, or 4096x1024
-
-# Output size of the v2beta generate routes for each aspect ratio (used for placeholders;
-# the upstream's answers are checked against the ratio, not these exact pixels).
-V2_ASPECT_SIZES: Mapping[str, tuple[int, int]] = {
-    "1:1": (1024, 1024), "16:9": (1344, 768), "9:16": (768, 1344), "21:9": (1536, 640),
-    "9:21": (640, 1536), "2:3": (832, 1248), "3:2": (1216, 832), "4:5": (896, 1120),
-    "5:4": (1120, 896),
-}  # fmt: skip
-V2_OUTPUT_FORMATS = ("png", "jpeg", "webp")
-SD3_OUTPUT_FORMATS = ("png", "jpeg")
-SD3_MODELS = (
-    "sd3-large", "sd3-large-turbo", "sd3-medium", "sd3.5-large", "sd3.5-large-turbo",
-    "sd3.5-medium",
-)  # fmt: skip
-SD3_MODES = ("text-to-image", "image-to-image")
-INIT_IMAGE_MODES = ("IMAGE_STRENGTH", "STEP_SCHEDULE")
-MASK_SOURCES = ("MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA")
-# output_format -> Pillow's name for it
-PIL_FORMATS: Mapping[str, str] = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
 
 MAX_NUMBER_CHARS = 40
@@ -465,240 +379,7 @@ def check_form(
     return CheckedForm(normalise(params), uploads, sizes)
 
 
-def check_upscale_target(
-    init: tuple[int, int], width: int | None, height: int | None
-) -> tuple[int, int]:
-    """v1 upscale: the output size, aspect kept from the init image (x2 when neither width
-    nor height is given), within the API's pixel limit."""
-    init_width, init_height = init
-    if width:
-        size = (width, round(width * init_height / init_width))
-    elif height:
-        size = (round(height * init_width / init_height), height)
-    else:
-        size = (2 * init_width, 2 * init_height)
-    if size[0] * size[1] > V1_UPSCALE_MAX_PIXELS:
-        raise BadRequest(
-            f"the upscaled image would be {size[0]}x{size[1]}, over the "
-            f"{V1_UPSCALE_MAX_PIXELS} pixel limit",
-            name="invalid_height_or_width",
-        )
-    return size
-
-
-# v1 image-to-image, masking, upscale --------------------------------------------------------
-
-_V1_SHARED = {
-    k: v for k, v in TEXT_TO_IMAGE_RULES.items() if k not in ("width", "height", "extras")
-}
-_V1_IMAGE_DEFAULTS: Mapping[str, Any] = {"samples": 1, "seed": 0}
-
-V1_IMAGE_TO_IMAGE = FormTable(
-    fields={
-        **_V1_SHARED,
-        "init_image_mode": Rule("string", choices=INIT_IMAGE_MODES),
-        "image_strength": Rule("number", 0, 1),
-        "step_schedule_start": Rule("number", 0, 1),
-        "step_schedule_end": Rule("number", 0, 1),
-    },
-    files={"init_image": FileRule(required=True)},
-    defaults={**_V1_IMAGE_DEFAULTS, "init_image_mode": "IMAGE_STRENGTH"},
-    text_prompts="required",
-)
-V1_MASKING = FormTable(
-    fields={**_V1_SHARED, "mask_source": Rule("string", choices=MASK_SOURCES, required=True)},
-    files={"init_image": FileRule(required=True), "mask_image": FileRule()},
-    defaults=_V1_IMAGE_DEFAULTS,
-    when=(When("mask_image", "required", "mask_source", ("MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK")),),
-    text_prompts="required",
-    same_size=("init_image", "mask_image"),
-)
-# SDXL 1.0 draws only its own sizes, and an image-to-image output has the init image's size.
-_SDXL_INIT_IMAGE = FileRule(required=True, sizes=SDXL_V1_SIZES, error="invalid_sdxl_v1_dimensions")
-V1_IMAGE_TO_IMAGE_SDXL = dataclasses.replace(
-    V1_IMAGE_TO_IMAGE, files={"init_image": _SDXL_INIT_IMAGE}
-)
-V1_MASKING_SDXL = dataclasses.replace(
-    V1_MASKING, files={**V1_MASKING.files, "init_image": _SDXL_INIT_IMAGE}
-)
 # Upscale and v2beta routes answer one image; Stability documents no `samples` for them. A
 # caller's `samples` other than 1 would be paid for and then fail (one image for two asked),
 # so it is refused up front; `samples=1` says nothing and is accepted.
 ONE_SAMPLE = Rule("int", 1, 1, error="invalid_samples", why="this route answers one image")
-_V1_UPSCALE_SIZE = {
-    "width": Rule("int", V1_UPSCALE_MIN_SIDE, error="invalid_height_or_width"),
-    "height": Rule("int", V1_UPSCALE_MIN_SIDE, error="invalid_height_or_width"),
-    "samples": ONE_SAMPLE,
-}
-V1_UPSCALE_ESRGAN = FormTable(
-    fields=_V1_UPSCALE_SIZE,
-    files={"image": FileRule(required=True)},
-    when=(When("height", "forbidden", "width"),),
-)
-V1_UPSCALE_LATENT = FormTable(
-    fields={
-        **_V1_UPSCALE_SIZE,
-        "cfg_scale": Rule("number", 0, 35),
-        "seed": Rule("int", 0, MAX_SEED),
-        "steps": Rule("int", 10, 50),
-    },
-    files={"image": FileRule(required=True)},
-    when=(When("height", "forbidden", "width"),),
-    text_prompts="optional",
-)
-# Per route, then per engine; an engine not listed gets the route's first table.
-V1_TABLES: Mapping[str, Mapping[str, FormTable]] = {
-    "image-to-image": {
-        "*": V1_IMAGE_TO_IMAGE,
-        **dict.fromkeys(SDXL_V1_ENGINES, V1_IMAGE_TO_IMAGE_SDXL),
-    },
-    "masking": {"*": V1_MASKING, **dict.fromkeys(SDXL_V1_ENGINES, V1_MASKING_SDXL)},
-    "upscale": {
-        "*": V1_UPSCALE_ESRGAN,
-        "esrgan-v1-x2plus": V1_UPSCALE_ESRGAN,
-        "stable-diffusion-x4-latent-upscaler": V1_UPSCALE_LATENT,
-    },
-}
-
-
-def v1_table(kind: str, engine: str) -> FormTable:
-    tables = V1_TABLES[kind]
-    return tables.get(engine, tables["*"])
-
-
-# v2beta Stable Image ----------------------------------------------------------------------
-
-_PROMPT = Rule("string", max_length=MAX_V2_PROMPT_CHARS, required=True)
-_OPTIONAL_PROMPT = Rule("string", max_length=MAX_V2_PROMPT_CHARS)
-_SEED = Rule("int", 0, MAX_V2_SEED)
-_FORMAT = Rule("string", choices=V2_OUTPUT_FORMATS)
-_STYLE = Rule("string", choices=STYLE_PRESETS)
-_ASPECT = Rule("string", choices=tuple(V2_ASPECT_SIZES))
-_INPUT_IMAGE = FileRule(required=True, min_side=64)
-_GENERATE_DEFAULTS: Mapping[str, Any] = {"aspect_ratio": "1:1", "output_format": "png", "seed": 0}
-_EDIT_DEFAULTS: Mapping[str, Any] = {"output_format": "png", "seed": 0}
-_V2_SAMPLES: Mapping[str, Rule] = {"samples": ONE_SAMPLE}
-
-V2_CORE = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        "prompt": _PROMPT,
-        "negative_prompt": _OPTIONAL_PROMPT,
-        "aspect_ratio": _ASPECT,
-        "seed": _SEED,
-        "style_preset": _STYLE,
-        "output_format": _FORMAT,
-    },
-    defaults=_GENERATE_DEFAULTS,
-)
-V2_ULTRA = FormTable(
-    fields={**V2_CORE.fields, "strength": Rule("number", 0, 1)},
-    files={"image": FileRule(min_side=64)},
-    defaults=_GENERATE_DEFAULTS,
-    when=(When("aspect_ratio", "no_default", "image"), When("strength", "required", "image")),
-)
-V2_SD3 = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        "prompt": _PROMPT,
-        "mode": Rule("string", choices=SD3_MODES),
-        "strength": Rule("number", 0, 1),
-        "aspect_ratio": _ASPECT,
-        "model": Rule("string", choices=SD3_MODELS),
-        "seed": _SEED,
-        "output_format": Rule("string", choices=SD3_OUTPUT_FORMATS),
-        "negative_prompt": _OPTIONAL_PROMPT,
-        "cfg_scale": Rule("number", 1, 10),
-        "style_preset": _STYLE,
-    },
-    files={"image": FileRule(min_side=64)},
-    defaults={"mode": "text-to-image", **_GENERATE_DEFAULTS},
-    when=(
-        When("image", "required", "mode", ("image-to-image",)),
-        When("strength", "required", "mode", ("image-to-image",)),
-        When("aspect_ratio", "no_default", "mode", ("image-to-image",)),
-        When("aspect_ratio", "no_default", "image"),
-    ),
-)
-V2_UPSCALE_FAST = FormTable(
-    fields={**_V2_SAMPLES, "output_format": _FORMAT},
-    files={"image": FileRule(required=True, min_side=32, max_pixels=1_048_576)},
-    defaults={"output_format": "png"},
-)
-V2_UPSCALE_CONSERVATIVE = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        "prompt": _PROMPT,
-        "negative_prompt": _OPTIONAL_PROMPT,
-        "seed": _SEED,
-        "creativity": Rule("number", 0.2, 0.5),
-        "output_format": _FORMAT,
-    },
-    files={"image": _INPUT_IMAGE},
-    defaults=_EDIT_DEFAULTS,
-)
-V2_UPSCALE_CREATIVE = FormTable(
-    fields={
-        **V2_UPSCALE_CONSERVATIVE.fields,
-        "creativity": Rule("number", 0, 0.35),
-        "style_preset": _STYLE,
-    },
-    files={"image": FileRule(required=True, min_side=64, max_pixels=1_048_576)},
-    defaults=_EDIT_DEFAULTS,
-)
-V2_EDIT_ERASE = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        "grow_mask": Rule("number", 0, 20),
-        "seed": _SEED,
-        "output_format": _FORMAT,
-    },
-    files={"image": _INPUT_IMAGE, "mask": FileRule()},
-    defaults=_EDIT_DEFAULTS,
-)
-V2_EDIT_INPAINT = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        "prompt": _PROMPT,
-        "negative_prompt": _OPTIONAL_PROMPT,
-        "grow_mask": Rule("number", 0, 100),
-        "seed": _SEED,
-        "output_format": _FORMAT,
-        "style_preset": _STYLE,
-    },
-    files={"image": _INPUT_IMAGE, "mask": FileRule()},
-    defaults=_EDIT_DEFAULTS,
-)
-V2_EDIT_OUTPAINT = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        **{side: Rule("int", 0, 2000) for side in ("left", "right", "up", "down")},
-        "prompt": _OPTIONAL_PROMPT,
-        "creativity": Rule("number", 0, 1),
-        "seed": _SEED,
-        "output_format": _FORMAT,
-        "style_preset": _STYLE,
-    },
-    files={"image": _INPUT_IMAGE},
-    defaults=_EDIT_DEFAULTS,
-    any_of=("left", "right", "up", "down"),
-)
-V2_EDIT_SEARCH_AND_REPLACE = FormTable(
-    fields={
-        **_V2_SAMPLES,
-        "prompt": _PROMPT,
-        "search_prompt": _PROMPT,
-        "negative_prompt": _OPTIONAL_PROMPT,
-        "grow_mask": Rule("number", 0, 20),
-        "seed": _SEED,
-        "output_format": _FORMAT,
-        "style_preset": _STYLE,
-    },
-    files={"image": _INPUT_IMAGE},
-    defaults=_EDIT_DEFAULTS,
-)
-V2_EDIT_REMOVE_BACKGROUND = FormTable(
-    fields={**_V2_SAMPLES, "output_format": Rule("string", choices=("png", "webp"))},
-    files={"image": _INPUT_IMAGE},
-    defaults={"output_format": "png"},
-)
