@@ -1,6 +1,7 @@
 # stability-gateway: docker build -t stability-gateway . && docker run -p 8080:8080 stability-gateway
 # With a key: docker run -e STABILITY_API_KEY -e STABILITY_GATEWAY_ADMIN_TOKEN -p 8080:8080 ...
 # Workers: -e STABILITY_GATEWAY_WORKERS=4 (they share the rate limit through /data/cache).
+# Replicas: -e STABILITY_GATEWAY_REDIS_URL=redis://... (docker-compose.yml; README "Scaling out").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

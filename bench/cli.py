@@ -19,7 +19,17 @@ from typing import Any
 from bench import report, tools
 from bench.context import Context, Options
 from bench.report import SectionResult
-from bench.sections import credits, hits, index, limiter, memory, miss, singleflight
+from bench.sections import (
+    credits,
+    entries,
+    hits,
+    index,
+    limiter,
+    memory,
+    miss,
+    redis_hits,
+    singleflight,
+)
 from bench.upstream import write_bodies
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -32,6 +42,8 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "memory": memory.run,
     "credits": credits.run,
     "index": index.run,
+    "redis-hit": redis_hits.run,
+    "entries": entries.run,
 }
 QUICK = {
     "duration": 3.0,
@@ -39,6 +51,7 @@ QUICK = {
     "miss_duration": 3.0,
     "limiter_duration": 8.0,
     "memory_requests": 1_000,
+    "entries_count": 10_000,
 }
 PACKAGES = ("uvicorn", "starlette", "httpx", "diskcache", "anyio", "Pillow", "h11")
 
@@ -72,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
         "--memory-requests",
         type=int,
         help=f"hits in all, half PNG then half JSON ({d.memory_requests})",
+    )
+    p.add_argument(
+        "--entries-count", type=int, help=f"entries section's index size ({d.entries_count})"
     )
     p.add_argument(
         "--out",

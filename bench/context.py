@@ -30,6 +30,7 @@ class Options:
     upstream_latency: float = 0.5  # limiter, single-flight and credits sections
     singleflight_requests: int = 100
     memory_requests: int = 10_000
+    entries_count: int = 100_000  # the "entries" section's index size
     quick: bool = False
 
 

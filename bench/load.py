@@ -6,10 +6,12 @@ second), so a Python client in the bench process is not what limits them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,42 +96,60 @@ def client(base_url: str, connections: int, timeout: float) -> httpx.AsyncClient
     )
 
 
+@contextlib.asynccontextmanager
+async def clients(
+    base_urls: str | Sequence[str], connections: int, timeout: float
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One client per base URL (several replicas: requests are spread over them in turn)."""
+    urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(client(url, connections, timeout)) for url in urls]
+
+
 async def post_all(
-    base_url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: float = 120.0
+    base_url: str | Sequence[str],
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+    timeout: float = 120.0,
 ) -> Tally:
-    """POST every body, at most `concurrency` at a time."""
+    """POST every body, at most `concurrency` at a time; body i to base URL i mod n."""
     tally = Tally()
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(body: dict[str, Any]) -> None:
+    async def one(http: httpx.AsyncClient, body: dict[str, Any]) -> None:
         async with gate:
             await post(http, body, tally)
 
-    async with client(base_url, concurrency, timeout) as http:
-        await asyncio.gather(*(one(body) for body in bodies))
+    async with clients(base_url, concurrency, timeout) as https:
+        await asyncio.gather(*(one(https[i % len(https)], body) for i, body in enumerate(bodies)))
     return tally
 
 
 async def backlog(
-    base_url: str, concurrency: int, seconds: float, first_seed: int, timeout: float
+    base_url: str | Sequence[str],
+    concurrency: int,
+    seconds: float,
+    first_seed: int,
+    timeout: float,
 ) -> Tally:
     """Keep `concurrency` distinct requests outstanding for `seconds`, then cancel the rest.
 
     Each worker loops: POST a request with a seed never used before, wait for its answer,
-    repeat, until the time is up. Bounded in time (seconds) and, through the timeout, in
+    repeat, until the time is up. With several base URLs (replicas), worker i uses URL i
+    mod n. Bounded in time (seconds) and, through the timeout, in
     how long a single request may hang.
     """
     tally = Tally()
     deadline = time.monotonic() + seconds
     seeds = iter(range(first_seed, first_seed + 10_000_000))
 
-    async def worker() -> None:
+    async def worker(http: httpx.AsyncClient) -> None:
         while time.monotonic() < deadline:
             body = generation_body("A lighthouse in a storm", next(seeds))
             await post(http, body, tally)
 
-    async with client(base_url, concurrency, timeout) as http:
-        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    async with clients(base_url, concurrency, timeout) as https:
+        tasks = [asyncio.create_task(worker(https[i % len(https)])) for i in range(concurrency)]
         _, pending = await asyncio.wait(tasks, timeout=seconds)
         tally.cancelled = len(pending)
         for task in pending:

@@ -6,6 +6,10 @@ end-to-end tests start it: its own process, online mode, a fake key, the fake up
 
 from __future__ import annotations
 
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,10 @@ from typing import Any
 import httpx
 
 from tests.fakes import GatewayProcess, gateway_env
+from tests.fakes.redis_server import RedisServer
 
 FAKE_KEY = "sk-bench-not-a-real-key"
+CONTENTION = re.compile(r"rate limiter: (\d+) changes committed, (\d+) made again")
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,10 @@ def start_gateway(
     *,
     rate: RateLimit,
     workers: int = 1,
+    settings: Mapping[str, object] | None = None,
 ) -> GatewayProcess:
-    """A running gateway with its cache and log under work/<name>/; the caller stops it."""
+    """A running gateway with its cache and log under work/<name>/; the caller stops it.
+    `settings`: more STABILITY_GATEWAY_<NAME> values (a Redis URL, say)."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     extra: dict[str, object] = {
@@ -51,6 +59,7 @@ def start_gateway(
     }
     if rate.margin is not None:
         extra["rate_margin"] = rate.margin
+    extra.update(settings or {})
     env = gateway_env(
         folder / "cache", upstream_url=upstream_url, mode="online", api_key=FAKE_KEY, **extra
     )
@@ -63,3 +72,48 @@ def cache_stats(gateway: GatewayProcess) -> dict[str, Any]:
     response = httpx.get(f"{gateway.url}/cache/stats", timeout=30)
     response.raise_for_status()
     return dict(response.json())
+
+
+@contextlib.contextmanager
+def running_redis(work: Path, name: str = "redis") -> Iterator[RedisServer]:
+    """The test suite's RedisServer (no persistence, loopback, a free port) under work/."""
+    with RedisServer(work / name) as server:
+        yield server
+
+
+def start_replicas(
+    work: Path,
+    name: str,
+    upstream_url: str,
+    redis_url: str,
+    *,
+    rate: RateLimit,
+    count: int = 2,
+    hit_check: str = "version",
+) -> list[GatewayProcess]:
+    """`count` gateways, each its own cache folder (as on separate hosts), sharing one Redis
+    under a key prefix of their own; the caller stops them."""
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}:"
+    shared = {"redis_url": redis_url, "redis_prefix": prefix, "redis_hit_check": hit_check}
+    started: list[GatewayProcess] = []
+    try:
+        for i in range(count):
+            started.append(
+                start_gateway(work, f"{name}-{i}", upstream_url, rate=rate, settings=shared)
+            )
+    except BaseException:
+        for gateway in started:
+            gateway.stop()
+        raise
+    return started
+
+
+def contention(gateways: list[GatewayProcess]) -> tuple[int, int]:
+    """(changes committed, retries after a conflict) of the Redis limiter, summed over the
+    gateways' logs (each logs its own at shutdown: call after stopping them)."""
+    committed = retried = 0
+    for gateway in gateways:
+        for match in CONTENTION.finditer(gateway.logs()):
+            committed += int(match.group(1))
+            retried += int(match.group(2))
+    return committed, retried

@@ -1,4 +1,5 @@
-"""External tools the benchmark needs (Debian's nginx and wrk), installed on demand.
+"""External tools the benchmark needs (Debian's nginx, wrk and redis-server), installed on
+demand.
 
 The bench installs what it needs rather than asking the reader to: the issue wants one entry
 point that works on a fresh Debian machine. Installing Debian's nginx package would normally
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Debian package -> the program it provides.
-PACKAGES = {"nginx": "nginx", "wrk": "wrk"}
+PACKAGES = {"nginx": "nginx", "wrk": "wrk", "redis-server": "redis-server"}
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 APT_TIMEOUT_SECONDS = 600
 

@@ -226,6 +226,10 @@ class RateLimiter(Protocol):
 class Coordinator(Protocol):
     where: str
     limiter: RateLimiter
+    # True when nothing may reach the upstream while this backend is unreachable (Redis:
+    # without it there is no shared limit or lease); False when going on without it is
+    # safe (the cache folder: the limiter falls back to this worker's share).
+    fails_closed: bool
 
     async def acquire_lease(self, name: str, token: str, ttl: float) -> bool: ...
 

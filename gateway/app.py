@@ -91,7 +91,18 @@ def create_app(
         return Route(path, endpoint, methods=["POST"])
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "mode": settings.mode, "backend": backends.kind})
+        # 200 either way: a replica whose Redis is away still answers what its memory
+        # holds, and a load balancer taking every replica out would answer nothing.
+        reachable = await backends.healthy()
+        return JSONResponse(
+            {
+                "status": "ok" if reachable else "degraded",
+                "mode": settings.mode,
+                "backend": backends.kind,
+                "backend_reachable": reachable,
+                "blobs": backends.blobs,
+            }
+        )
 
     async def not_found(request: Request, exc: Exception) -> Response:
         v2 = is_v2(request.url.path)

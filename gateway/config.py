@@ -67,6 +67,9 @@ class CacheSettings:
     allow_cached_default: bool = False
     memory_tier_bytes: int = 64 * 1024 * 1024
     max_ttl_seconds: float = 30 * 24 * 3600
+    # "" (disk without Redis, redis with it) | disk | redis | s3://bucket/prefix
+    blob_store: str = ""
+    s3_endpoint_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,20 @@ class AdminSettings:
     token: str = ""
 
 
+@dataclass(frozen=True)
+class RedisSettings:
+    """The shared backend of several replicas (cache.redis). The URL may carry a
+    password, so neither it nor the password is ever part of a repr."""
+
+    url: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    prefix: str = "stability-gateway:"
+    # How a replica's memory tier knows a held entry is still the shared one: "invalidation"
+    # trusts it until a pub/sub message says not (no round trip per hit: measured in
+    # bench/README.md), "version" asks Redis on every hit.
+    hit_check: str = "invalidation"
+
+
 def _default_prices() -> dict[str, float]:
     """Credits per image (1 credit = $0.01), by route template, or `route:engine` (v1
     engines, sd3 models) where they differ. Stability's published prices
@@ -154,6 +171,7 @@ class Settings:
     retry: RetrySettings = field(default_factory=RetrySettings)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     defaults: dict[str, dict[str, Any]] = field(default_factory=_default_parameters)
     prices: dict[str, float] = field(default_factory=_default_prices)
     callers: dict[str, CallerSettings] = field(default_factory=dict)
@@ -220,9 +238,16 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "STABILITY_GATEWAY_MAX_HEADERS": ("gateway", "max_headers", int),
     "STABILITY_GATEWAY_HEADER_TIMEOUT": ("gateway", "header_timeout_seconds", float),
     "STABILITY_GATEWAY_BODY_TIMEOUT": ("gateway", "body_timeout_seconds", float),
+    "STABILITY_GATEWAY_REDIS_URL": ("redis", "url", str),
+    "STABILITY_GATEWAY_REDIS_PASSWORD": ("redis", "password", str),
+    "STABILITY_GATEWAY_REDIS_PREFIX": ("redis", "prefix", str),
+    "STABILITY_GATEWAY_REDIS_HIT_CHECK": ("redis", "hit_check", str),
+    "STABILITY_GATEWAY_BLOB_STORE": ("cache", "blob_store", str),
+    "STABILITY_GATEWAY_CACHE_SIZE_LIMIT": ("cache", "size_limit_bytes", int),
+    "STABILITY_GATEWAY_S3_ENDPOINT_URL": ("cache", "s3_endpoint_url", str),
 }
 
-_SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin")
+_SECTIONS = ("gateway", "cache", "rate_limit", "retry", "timeouts", "admin", "redis")
 
 
 def _coerce(value: Any, kind: type, where: str) -> Any:
@@ -345,7 +370,45 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("[gateway] daily_credit_budget must be >= 0 (0: no budget)")
     if settings.timeouts.lease_seconds <= 0:
         raise ConfigError("[timeouts] lease_seconds must be > 0")
+    _validate_shared(settings)
     return settings
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _validate_shared(settings: Settings) -> None:
+    """The Redis URL, the blob store, and how they combine."""
+    r, blobs = settings.redis, settings.cache.blob_store
+    if r.url and not r.url.startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            "STABILITY_GATEWAY_REDIS_URL ([redis] url) must start with redis://, rediss:// "
+            "or unix://"
+        )
+    if not r.prefix:
+        raise ConfigError("[redis] prefix must not be empty (STABILITY_GATEWAY_REDIS_PREFIX)")
+    if r.url and settings.rate_limit.backend == "memory":
+        raise ConfigError(
+            "[rate_limit] backend 'memory' is per process: with STABILITY_GATEWAY_REDIS_URL "
+            "every replica would send the whole limit; use 'disk' (the limit is then in Redis)"
+        )
+    if r.hit_check not in ("version", "invalidation"):
+        raise ConfigError("[redis] hit_check must be 'version' or 'invalidation'")
+    if blobs.startswith("s3://"):
+        if not blobs[5:].split("/", 1)[0]:
+            raise ConfigError(
+                "STABILITY_GATEWAY_BLOB_STORE: s3:// needs a bucket: s3://bucket/prefix"
+            )
+    elif blobs not in ("", "disk", "redis"):
+        raise ConfigError(
+            "STABILITY_GATEWAY_BLOB_STORE ([cache] blob_store) must be disk, redis or "
+            f"s3://bucket/prefix, got {blobs!r}"
+        )
+    if blobs and blobs != "disk" and not r.url:
+        raise ConfigError(
+            f"STABILITY_GATEWAY_BLOB_STORE={blobs} needs STABILITY_GATEWAY_REDIS_URL: without "
+            "Redis the cache folder's index keeps its images beside it (blob_store = disk)"
+        )
 
 
 def load_settings(

@@ -8,6 +8,8 @@
     ├── RateLimited              429: the shared queue would wait longer than allowed
     ├── UpstreamError            502: the upstream answered something unusable
     │   └── UpstreamUnavailable  503: connection refused/reset, retries exhausted
+    ├── CoordinationUnavailable  503: the shared backend (Redis) cannot be reached, so no
+    │                                 upstream call may be made (the limit fails closed)
     └── GatewayTimeout           504: only-if-cached/replay miss, upstream deadline passed
 
 Upstream error *responses* (a 400 invalid_prompts from Stability, say) are not GatewayErrors:
@@ -101,6 +103,11 @@ class UpstreamError(GatewayError):
 class UpstreamUnavailable(UpstreamError):
     status = 503
     name = "upstream_unavailable"
+
+
+class CoordinationUnavailable(GatewayError):
+    status = 503
+    name = "coordination_unavailable"
 
 
 class GatewayTimeout(GatewayError):

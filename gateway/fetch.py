@@ -49,7 +49,7 @@ from gateway.config import Settings
 from gateway.counters import Counters
 from gateway.credits import Attempt, Budget, attempt_charges, price_of
 from gateway.deadline import Deadline
-from gateway.errors import GatewayError, GatewayTimeout, UpstreamError
+from gateway.errors import CoordinationUnavailable, GatewayError, GatewayTimeout, UpstreamError
 from gateway.generation import Decoder, Generation, RouteSpec, UpstreamRequest
 from gateway.images import check_decodes, check_image
 from gateway.jobs import JobBook, job_id
@@ -195,7 +195,7 @@ class Fetcher:
             ) as lease:
                 try:
                     shared = await self._claim(lease, generation, seen, deadline, fresh)
-                except GatewayTimeout as exc:
+                except (GatewayTimeout, CoordinationUnavailable) as exc:
                     return Failed(exc)
                 if shared is not None:
                     return Shared(shared)
@@ -228,7 +228,8 @@ class Fetcher:
         Looked for after taking the lease, not only before: the holder may have stored and
         released between this request's lookup and its acquire. Without the coordination
         backend (a full disk), the request goes on without a lease: this process's own
-        single-flight still holds, and the limiter still bounds the upstream's load.
+        single-flight still holds, and the limiter still bounds the upstream's load. A
+        backend that fails closed (Redis) instead refuses: 503 coordination_unavailable.
         """
         while True:
             try:
@@ -241,6 +242,13 @@ class Fetcher:
                     return found
                 await self.coordinator.wait_released(lease.name, max(deadline.remaining(), 0))
             except CoordinationError as exc:
+                if self.coordinator.fails_closed:
+                    log.error("%s: single-flight lease unavailable (%s); refusing the call",
+                              exc.where, exc)  # fmt: skip
+                    raise CoordinationUnavailable(
+                        f"the shared backend ({exc.where}) cannot be reached ({exc}): no "
+                        "upstream call is made without it; retry shortly"
+                    ) from exc
                 log.error("%s: single-flight lease unavailable (%s); calling without it",
                           exc.where, exc)  # fmt: skip
                 return None

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cache.interfaces import Coordinator, EntryQuery, LedgerQuery, StoreError
+from cache.interfaces import CoordinationError, Coordinator, EntryQuery, LedgerQuery, StoreError
 from cache.memory import TieredEntryStore
 from gateway.counters import Counters
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized, UpstreamUnavailable
@@ -83,7 +83,7 @@ class InspectionAPI:
                 if self.settle is not None:
                     await self.settle()
                 return await endpoint(request)
-            except StoreError as exc:
+            except (StoreError, CoordinationError) as exc:  # the counters are the coordinator's
                 return UpstreamUnavailable(
                     f"the cache at {exc.where} cannot be read: {exc}", name="cache_unavailable"
                 ).response()

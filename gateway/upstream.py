@@ -33,11 +33,17 @@ from tenacity import (
     wait_random,
 )
 
-from cache.interfaces import ANONYMOUS, QueueFull, RateLimiter, Ticket
+from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Ticket
 from gateway.config import Settings
 from gateway.credits import Attempt
 from gateway.deadline import Deadline
-from gateway.errors import GatewayTimeout, RateLimited, UpstreamError, UpstreamUnavailable
+from gateway.errors import (
+    CoordinationUnavailable,
+    GatewayTimeout,
+    RateLimited,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from gateway.generation import UpstreamRequest
 
 log = logging.getLogger("gateway.upstream")
@@ -82,6 +88,14 @@ def retry_after_seconds(
     if not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), ceiling)
+
+
+def coordination_unavailable(exc: CoordinationError) -> CoordinationUnavailable:
+    """The 503 for a call the shared limiter cannot count: it fails closed."""
+    return CoordinationUnavailable(
+        f"the shared rate limit ({exc.where}) cannot be reached ({exc}): no upstream call is "
+        "made that it cannot count; retry shortly"
+    )
 
 
 def queue_full(exc: QueueFull) -> RateLimited:
@@ -203,6 +217,14 @@ class UpstreamClient:
         after = retry_after_seconds(response, self.retry_after_ceiling)
         return self.settings.rate_limit.cooldown_seconds if after is None else after
 
+    async def _cool_down(self, seconds: float) -> None:
+        """Hold every caller back; if the shared limiter cannot be written, the next
+        acquire fails closed anyway, so this only logs."""
+        try:
+            await self.limiter.cool_down(seconds)
+        except CoordinationError as exc:
+            log.error("%s: could not record a %.1f s cool-down (%s)", exc.where, seconds, exc)
+
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, RetryableStatus):
             return True
@@ -230,7 +252,7 @@ class UpstreamClient:
         self.observer.retry(reason)
         if isinstance(exc, RetryableStatus) and exc.response.status_code == 429:
             pause = self._pause_after_429(exc.response)
-            await self.limiter.cool_down(pause)
+            await self._cool_down(pause)
             # The retry passes the limiter, which now holds every caller for `pause`: say
             # when it will really go, not just tenacity's own wait.
             log.warning(
@@ -300,6 +322,8 @@ class UpstreamClient:
             waited = await self.limiter.acquire(ticket)
         except QueueFull as exc:
             raise queue_full(exc) from None
+        except CoordinationError as exc:  # a shared limiter that fails closed (Redis)
+            raise coordination_unavailable(exc) from exc
         finally:
             self.observer.queued(-1)
         self.observer.waited(waited)
@@ -335,7 +359,7 @@ class UpstreamClient:
                     return UpstreamAnswer(response, list(tries))
         except RetryableStatus as exc:
             if exc.response.status_code == 429:
-                await self.limiter.cool_down(self._pause_after_429(exc.response))
+                await self._cool_down(self._pause_after_429(exc.response))
             log.warning(
                 "upstream answered %d after %d attempts; giving up",
                 exc.response.status_code, made,

@@ -14,7 +14,7 @@ from typing import Any
 from bench.context import Context
 from bench.load import Tally, backlog
 from bench.report import Measurement, SectionResult, Target
-from bench.servers import RateLimit, start_gateway
+from bench.servers import RateLimit, contention, running_redis, start_gateway, start_replicas
 from bench.upstream import UpstreamRateLimit, running_fake
 from tests.fakes import ok
 from tests.fakes.stability import count_max_in_window
@@ -45,6 +45,14 @@ class LimiterRun:
     refused: int
     tally: Tally
     seconds: float
+    replicas: int = 0  # > 0: that many gateways sharing one Redis (one worker each)
+    contention: tuple[int, int] = (0, 0)  # Redis limiter: (committed, retried) changes
+
+    @property
+    def who(self) -> str:
+        if self.replicas:
+            return f"{self.replicas} replicas on Redis"
+        return f"gateway --workers {self.workers}"
 
     def in_run(self) -> list[float]:
         """Arrivals from the first one until the load stopped (queued stragglers excluded)."""
@@ -57,6 +65,9 @@ class LimiterRun:
         start = min(self.arrivals, default=0.0)
         return {
             "workers": self.workers,
+            "replicas": self.replicas,
+            "redis_limiter_changes_committed": self.contention[0],
+            "redis_limiter_contention_retries": self.contention[1],
             "upstream_arrivals": len(self.arrivals),
             "upstream_arrivals_during_load": len(self.in_run()),
             "upstream_429s": self.refused,
@@ -91,8 +102,38 @@ def _run_once(ctx: Context, workers: int) -> LimiterRun:
         return LimiterRun(workers, enforcer.arrivals, enforcer.refused, tally, o.limiter_duration)
 
 
+def _run_replicas(ctx: Context, replicas: int) -> LimiterRun:
+    """The same load spread over `replicas` gateways (one worker each) on one Redis."""
+    o = ctx.options
+    rate = RateLimit(o.limiter_limit, o.limiter_period)
+    with (
+        running_redis(ctx.work, "limiter-redis") as redis,
+        running_fake(ok(delay=o.upstream_latency), limit=(rate.limit, rate.period)) as fake,
+    ):
+        enforcer = fake.app
+        assert isinstance(enforcer, UpstreamRateLimit)
+        gateways = start_replicas(ctx.work, "limiter-redis", fake.url, redis.url, rate=rate,
+                                  count=replicas)  # fmt: skip
+        try:
+            ctx.log(f"{replicas} replicas on Redis, {o.limiter_duration:g} s backlog")
+            tally = asyncio.run(
+                backlog(
+                    [g.url for g in gateways],
+                    2 * rate.limit,
+                    o.limiter_duration,
+                    ctx.first_seed(),
+                    timeout=o.limiter_duration + 30,
+                )
+            )
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+        return LimiterRun(1, enforcer.arrivals, enforcer.refused, tally, o.limiter_duration,
+                          replicas=replicas, contention=contention(gateways))  # fmt: skip
+
+
 def _rows(run: LimiterRun, limit: int, period: float) -> list[Measurement]:
-    who = f"gateway --workers {run.workers}"
+    who = run.who
     used = utilisation(run.in_run(), limit, period)
     return [
         Measurement(
@@ -126,10 +167,23 @@ def run(ctx: Context) -> SectionResult:
     o = ctx.options
     section = SectionResult("limiter", "rate-limiter conformance")
     runs = [_run_once(ctx, workers) for workers in o.limiter_workers]
+    runs.append(_run_replicas(ctx, 2))
     for r in runs:
         section.add(*_rows(r, o.limiter_limit, o.limiter_period))
+        if r.replicas:
+            committed, retried = r.contention
+            section.add(
+                Measurement(
+                    "Redis limiter contention retries",
+                    r.who,
+                    100 * retried / committed if committed else None,
+                    "%",
+                    f"changes made again because another replica committed first, per "
+                    f"committed change ({retried} of {committed}), from the gateways' logs",
+                )
+            )
         section.notes.append(
-            f"--workers {r.workers}: {len(r.in_run())} upstream calls while loaded "
+            f"{r.who}: {len(r.in_run())} upstream calls while loaded "
             f"({len(r.arrivals)} in all), client answers {r.tally.statuses()}, "
             f"transport errors {dict(r.tally.errors)}, {r.tally.cancelled} requests still "
             f"queued when the load stopped were cancelled by the client; "

@@ -31,6 +31,8 @@ STATE_MIN_FILE_SIZE = 1024 * 1024
 
 
 class LocalCoordinator:
+    fails_closed = False  # a full disk: calls go on, paced at this worker's share
+
     def __init__(
         self,
         directory: str | os.PathLike[str],

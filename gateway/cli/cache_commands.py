@@ -1,7 +1,9 @@
 """`stability-gateway cache ls | stats | show | rm | purge`, on the cache folder directly.
 
 They need no server, so they also work on a stopped gateway, or on a folder copied from
-another machine. Output is for people on a terminal and for scripts elsewhere:
+another machine. With `--redis-url` (or STABILITY_GATEWAY_REDIS_URL) they work on the store
+every replica shares, and `stats` counts every replica's hits and calls. Output is for
+people on a terminal and for scripts elsewhere:
 
     ls      terminal: a table; otherwise one line per entry, tab-separated, full key first
             (key, engine, WxH, bytes, hits, created, prompt); --json: JSON
@@ -45,6 +47,12 @@ def add_parser(sub: Any) -> None:
         default=argparse.SUPPRESS,
         help="cache folder (default: $STABILITY_GATEWAY_CACHE_DIR, else config)",
     )
+    common.add_argument(
+        "--redis-url",
+        default=argparse.SUPPRESS,
+        help="the replicas' shared Redis (default: $STABILITY_GATEWAY_REDIS_URL, else config); "
+        "key prefix from $STABILITY_GATEWAY_REDIS_PREFIX",
+    )
     c = sub.add_parser(
         "cache",
         parents=[common],
@@ -74,13 +82,20 @@ def cache_command(args: argparse.Namespace) -> int:
     settings = load_settings(getattr(args, "config", None))
     directory = getattr(args, "cache_dir", None) or settings.cache.dir
     settings = settings.replace(cache={"dir": directory})
+    redis_url = getattr(args, "redis_url", None)
+    if redis_url:
+        settings = settings.replace(redis={"url": redis_url})
     try:
         store = sa.open_store(settings)
+    except sa.NoRedis as exc:
+        _error(str(exc))
+        return 2
     except sa.NoCache as exc:
         _error(f"{exc}: set STABILITY_GATEWAY_CACHE_DIR or --cache-dir to the gateway's cache")
         return 2
+    where = sa.where(settings) if settings.redis.url else str(Path(directory).resolve())
     try:
-        return ACTIONS[args.action](store, args, str(Path(directory).resolve()))
+        return ACTIONS[args.action](store, args, where)
     except (sa.BadKey, UsageError) as exc:
         _error(str(exc))
         return 2

@@ -1,7 +1,8 @@
 """The few things the cache commands ask of the store, in one place.
 
 Every cache command goes through these functions and nothing else. They open the same
-backends the gateway runs on (gateway.backends) and drive their async interface from one
+backends the gateway runs on (gateway.backends: the cache folder, or with a Redis URL the
+store every replica shares, whose counters they all add to) and drive their async interface from one
 event loop held for the life of the command: the CLI itself stays synchronous, and
 imports nothing of the web stack.
 """
@@ -27,6 +28,10 @@ KEY_LENGTH = 64
 
 class NoCache(LookupError):
     """The cache folder does not exist (or holds no cache): the commands create none."""
+
+
+class NoRedis(LookupError):
+    """The shared Redis cannot be reached (the commands change nothing then)."""
 
 
 class BadKey(ValueError):
@@ -58,8 +63,24 @@ class Store:
         self.runner.close()
 
 
+def where(settings: Settings) -> str:
+    """What the commands work on, as they print it: the folder, or Redis and its prefix."""
+    if settings.redis.url:
+        from cache.redis import redact
+
+        return f"{redact(settings.redis.url)} (prefix {settings.redis.prefix})"
+    return str(Path(settings.cache.dir).resolve())
+
+
 def open_store(settings: Settings) -> Store:
-    """The store of `settings`' cache folder, refusing to create one where there is none."""
+    """The store of `settings`' cache folder, refusing to create one where there is none;
+    with a Redis URL, the replicas' shared store, if Redis answers."""
+    if settings.redis.url:
+        store = Store(settings)
+        if not store.run(store.backends.healthy()):
+            store.close()
+            raise NoRedis(f"cannot reach Redis at {where(settings)}")
+        return store
     path = Path(settings.cache.dir)
     if not path.is_dir():
         raise NoCache(f"no cache folder at {path.resolve()}")
