@@ -38,6 +38,7 @@ from gateway.inspect_api import InspectionAPI, is_loopback
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.routes.forwarded import Forwarded
 from gateway.routes.image_to_image import ImageToImage
 from gateway.routes.passthrough import AccountPassThrough, Results
 from gateway.routes.stable_image import V2_ROUTES, StableImage
@@ -211,6 +212,7 @@ def create_app(
         *gallery_routes(
             settings, backends, counters, exposed=exposed, fetcher=fetcher, price_of=entry_price
         ),
+        *Forwarded(settings, upstream).routes(),  # last: any other /v1, /v2beta, /v2 path
     ]
     app = Starlette(
         routes=routes,

@@ -32,6 +32,14 @@ class UpstreamRequest:
     files: dict[str, tuple[str, bytes, str]] | None = None
     accept: str = "application/json"
     route: str = ""  # the route template, for metrics ("" : the path, query left out)
+    # A caller's request forwarded as sent (gateway.routes.forwarded): `path` is its raw path
+    # and query, joined to the upstream URL byte for byte (the route has refused anything
+    # that could reshape it); `content` is the body as sent, with `content_type`, plus
+    # `headers`; the answer comes back unread, for the caller to stream and close.
+    forwarded: bool = False
+    content: bytes | None = None
+    content_type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -11,6 +11,11 @@ request was sent whole, no answer came) is retried only with `retry_read_timeout
 image may have been generated and charged. Every attempt passes the shared limiter again.
 What is not retried: every other status (400 invalid_prompts, 401, 403 content_moderation,
 404...) comes back to the caller as the upstream sent it, after one call.
+
+Forwarded requests (`UpstreamRequest.forwarded`, the routes the gateway only passes on) are
+sent byte for byte and come back unread, so their body can be streamed to the caller: the
+retry decision needs only the status line, and a retryable answer's (short) body is read
+and dropped before the next attempt.
 """
 
 from __future__ import annotations
@@ -355,6 +360,8 @@ class UpstreamClient:
                     on_send()
                     response = await self._attempt(request, headers, tries)
                     if response.status_code in RETRY_STATUSES:
+                        if request.forwarded:  # a short error body: read it (and free the
+                            await response.aread()  # connection) so the last can be passed on
                         raise RetryableStatus(response)
                     return UpstreamAnswer(response, list(tries))
         except RetryableStatus as exc:
@@ -396,6 +403,8 @@ class UpstreamClient:
     async def _request(
         self, request: UpstreamRequest, headers: dict[str, str | bytes]
     ) -> httpx.Response:
+        if request.forwarded:
+            return await self._forward(request, headers)
         kwargs: dict[str, Any] = {"headers": headers}
         if request.json is not None:
             kwargs["json"] = request.json
@@ -404,3 +413,29 @@ class UpstreamClient:
         if request.files is not None:
             kwargs["files"] = request.files
         return await self.http.request(request.method, request.path, **kwargs)
+
+    async def _forward(
+        self, request: UpstreamRequest, headers: dict[str, str | bytes]
+    ) -> httpx.Response:
+        """A caller's request as sent, its answer left unread (streamed by the caller).
+
+        The raw path and query are appended to the upstream URL's own path, byte for byte:
+        httpx would read a path starting `//` as another host, and re-quote a query. Headers
+        httpx adds on its own (Accept, Accept-Encoding) are dropped when the caller sent none,
+        so that the upstream sees what the caller sent and answers an uncompressed body
+        unless the caller asked for a compressed one (which is then passed on as sent)."""
+        base = self.http.base_url
+        raw_path = base.raw_path + request.path.lstrip("/").encode("ascii")
+        sent: dict[str, str | bytes] = {**headers, **request.headers}
+        if request.content_type:
+            sent["content-type"] = _as_sent(request.content_type)
+        raw = [(k.encode("latin-1"), v if isinstance(v, bytes) else _as_sent(v))
+               for k, v in sent.items() if v]  # fmt: skip
+        built = self.http.build_request(
+            request.method, base.copy_with(raw_path=raw_path), headers=raw,
+            content=request.content,
+        )  # fmt: skip
+        for name in ("accept", "accept-encoding"):
+            if not sent.get(name) and name in built.headers:
+                del built.headers[name]
+        return await self.http.send(built, stream=True)

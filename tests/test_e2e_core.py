@@ -204,10 +204,25 @@ def test_bad_bodies_get_clear_errors_and_the_gateway_keeps_serving(
     assert client.post(PATH, json=body("after bad body")).status_code == 200
 
 
-def test_unknown_route_is_404_without_upstream(client: httpx.Client, fake: FakeStability) -> None:
-    response = client.post("/v1/generation/x/nonsense", json={})
+def test_unknown_route_outside_stabilitys_prefixes_is_404_without_upstream(
+    client: httpx.Client, fake: FakeStability
+) -> None:
+    response = client.post("/v3/generation/x/nonsense", json={})
     assert response.status_code == 404 and response.json()["name"] == "not_found"
     assert fake.calls == []
+
+
+def test_unknown_route_under_v1_is_forwarded_and_answered_by_stability(
+    client: httpx.Client, fake: FakeStability
+) -> None:
+    response = client.post("/v1/generation/x/nonsense", json={})
+    assert (response.status_code, response.headers["x-cache"]) == (404, "BYPASS")
+    assert response.json()["message"] == "POST /v1/generation/x/nonsense not found"
+    (call,) = fake.calls
+    assert (call.path, call.headers["authorization"]) == (
+        "/v1/generation/x/nonsense",
+        f"Bearer {API_KEY}",
+    )
 
 
 def test_upstream_errors_pass_through_and_are_not_cached(

@@ -2,8 +2,10 @@
 subprocess) against the fake Stability on loopback.
 
 v1 multipart (image-to-image, masking, upscale), v2beta generate (core, ultra, sd3), v2beta
-upscale/edit, job routes polled at /v2beta/results/{id}, the account pass-through routes,
-unknown paths, and offline placeholders for each. Tests share one fake and one gateway per
+upscale/edit/control, job routes polled at /v2beta/results/{id} (creative upscale,
+replace-background-and-relight), the account pass-through routes, unknown paths (forwarded
+under /v1, /v2beta, /v2; tests/test_e2e_forwarded.py has the rest), and offline
+placeholders for each. Tests share one fake and one gateway per
 mode; distinct prompts and images keep their keys apart.
 """
 
@@ -47,6 +49,12 @@ CREATIVE = "/v2beta/stable-image/upscale/creative"
 OUTPAINT = "/v2beta/stable-image/edit/outpaint"
 INPAINT = "/v2beta/stable-image/edit/inpaint"
 REMOVE_BACKGROUND = "/v2beta/stable-image/edit/remove-background"
+SKETCH = "/v2beta/stable-image/control/sketch"
+STRUCTURE = "/v2beta/stable-image/control/structure"
+STYLE = "/v2beta/stable-image/control/style"
+STYLE_TRANSFER = "/v2beta/stable-image/control/style-transfer"
+RECOLOR = "/v2beta/stable-image/edit/search-and-recolor"
+RELIGHT = "/v2beta/stable-image/edit/replace-background-and-relight"
 JSON = {"Accept": "application/json"}
 NOT_AN_IMAGE = ("a.png", b"GIF89", "image/png")
 IMAGE = {"Accept": "image/*"}
@@ -257,6 +265,78 @@ def test_v2_upscale_and_edit_routes(client: httpx.Client, fake: FakeStability) -
     assert len(fake.generation_calls()) == 2
 
 
+# --- v2beta control and the last edits ----------------------------------------------------
+
+NEW_ROUTE_CASES: list[tuple[str, list[Part], tuple[int, int]]] = [
+    (SKETCH, [("prompt", "castle"), ("image", png_file(320, 192, 111)),
+              ("control_strength", "0.8")], (320, 192)),
+    (STRUCTURE, [("prompt", "castle"), ("image", png_file(128, 192, 112))], (128, 192)),
+    (STYLE, [("prompt", "fox"), ("image", png_file(64, 64, 113)), ("aspect_ratio", "16:9"),
+             ("fidelity", "0.9")], (1344, 768)),
+    (STYLE_TRANSFER, [("init_image", png_file(200, 100, 114)),
+                      ("style_image", png_file(64, 64, 115))], (200, 100)),
+    (RECOLOR, [("prompt", "red"), ("select_prompt", "the boat"),
+               ("image", png_file(96, 64, 116))], (96, 64)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "parts", "size"), NEW_ROUTE_CASES)
+def test_control_and_new_edit_routes_miss_then_hit_with_one_upstream_call(
+    client: httpx.Client, fake: FakeStability, path: str, parts: list[Part], size: tuple[int, int]
+) -> None:
+    miss = post(client, path, parts, IMAGE, boundary="first")
+    hit = post(client, path, parts[::-1], JSON, boundary="second-one")
+    assert (miss.status_code, miss.headers["x-cache"], hit.headers["x-cache"]) == (
+        200,
+        "MISS",
+        "HIT",
+    ), miss.text
+    assert image_size(miss.content) == size and decoded(hit) == miss.content
+    (call,) = fake.generation_calls()
+    assert (call.path, call.headers["accept"]) == (path, "application/json")
+
+
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [
+        (SKETCH, [("prompt", "x"), ("control_strength", "2"), ("image", png_file(64, 64, 1))]),
+        (STYLE_TRANSFER, [("init_image", png_file(64, 64, 1))]),
+        (RECOLOR, [("prompt", "red"), ("image", png_file(64, 64, 1))]),
+        (RELIGHT, [("subject_image", png_file(64, 64, 1))]),
+    ],
+)  # fmt: skip
+def test_control_and_new_edit_routes_refuse_before_upstream(
+    client: httpx.Client, fake: FakeStability, path: str, parts: list[Part]
+) -> None:
+    response = post(client, path, parts)
+    assert response.status_code == 400
+    assert response.json().keys() == {"id", "name", "errors"}
+    assert fake.calls == []
+
+
+def test_replace_background_and_relight_is_a_job_cached_once_finished(
+    client: httpx.Client, fake: FakeStability
+) -> None:
+    parts: list[Part] = [
+        ("subject_image", png_file(160, 96, 117)),
+        ("background_prompt", "a beach at dusk"),
+        ("light_source_direction", "above"),
+        ("light_source_strength", "0.4"),
+    ]
+    started = post(client, RELIGHT, parts, JSON)  # the fake answers relight with a job, always
+    assert (started.status_code, started.headers["x-cache"]) == (200, "MISS"), started.text
+    job = started.json()["id"]
+    running = client.get(f"/v2beta/results/{job}", headers=IMAGE)
+    assert running.status_code == 202
+    done = client.get(f"/v2beta/results/{job}", headers=IMAGE)
+    assert (done.status_code, image_size(done.content)) == (200, (160, 96))
+    again = post(client, RELIGHT, parts[::-1], JSON)
+    assert (again.status_code, again.headers["x-cache"]) == (200, "HIT")
+    poll = client.get(f"/v2beta/results/{again.json()['id']}", headers=IMAGE)
+    assert (poll.headers["x-cache"], poll.content) == ("HIT", done.content)
+    assert len(fake.generation_calls()) == 1
+
+
 # --- the same pipeline for every route -------------------------------------------------------
 
 
@@ -364,15 +444,20 @@ def test_account_routes_pass_through_per_caller(
     assert "sk-alice" not in gateway.logs()
 
 
-def test_unknown_paths_are_404_without_upstream(client: httpx.Client, fake: FakeStability) -> None:
-    for method, path in [("GET", "/v1/user/nope"), ("POST", "/v2beta/stable-image/generate/xl")]:
-        response = client.request(method, path, headers={"Authorization": "Bearer sk-x"})
-        assert response.status_code == 404
-        v2 = path.startswith("/v2beta/")
-        assert response.json().keys() == (
-            {"id", "name", "errors"} if v2 else {"id", "name", "message"}
-        )
+def test_unknown_paths_are_forwarded_and_others_are_404(
+    client: httpx.Client, fake: FakeStability
+) -> None:
+    outside = client.get("/nope/v1/user", headers={"Authorization": "Bearer sk-x"})
+    assert (outside.status_code, outside.json()["name"]) == (404, "not_found")
     assert fake.calls == []
+    for method, path in [("GET", "/v1/user/nope"), ("POST", "/v2beta/stable-image/nope/xl")]:
+        response = client.request(method, path, headers={"Authorization": "Bearer sk-x"})
+        assert (response.status_code, response.headers["x-cache"]) == (404, "BYPASS")
+    assert [(c.method, c.path) for c in fake.calls] == [
+        ("GET", "/v1/user/nope"),
+        ("POST", "/v2beta/stable-image/nope/xl"),
+    ]
+    assert all(c.headers["authorization"] == f"Bearer {API_KEY}" for c in fake.calls)
 
 
 # --- offline ---------------------------------------------------------------------------------
@@ -411,6 +496,39 @@ OFFLINE_CASES: list[tuple[str, list[Part], dict[str, str], str, tuple[int, int]]
         IMAGE,
         "WEBP",
         (80, 64),
+    ),
+    (SKETCH, [("prompt", "p"), ("image", png_file(120, 80, 209))], IMAGE, "PNG", (120, 80)),
+    (
+        STRUCTURE,
+        [("prompt", "p"), ("image", png_file(80, 120, 210)), ("output_format", "jpeg")],
+        JSON,
+        "JPEG",
+        (80, 120),
+    ),
+    (
+        STYLE,
+        [("prompt", "p"), ("image", png_file(64, 64, 211)), ("aspect_ratio", "9:16")],
+        IMAGE,
+        "PNG",
+        (768, 1344),
+    ),
+    (
+        STYLE_TRANSFER,
+        [
+            ("init_image", png_file(150, 100, 212)),
+            ("style_image", png_file(64, 64, 213)),
+            ("output_format", "webp"),
+        ],
+        IMAGE,
+        "WEBP",
+        (150, 100),
+    ),
+    (
+        RECOLOR,
+        [("prompt", "p"), ("select_prompt", "s"), ("image", png_file(72, 64, 214))],
+        JSON,
+        "PNG",
+        (72, 64),
     ),
 ]
 
@@ -456,4 +574,9 @@ def test_offline_job_route_and_account_routes(offline: httpx.Client, fake: FakeS
     assert "stable-diffusion-xl-1024-v1-0" in {e["id"] for e in engines.json()}
     balance = offline.get("/v1/user/balance")
     assert (balance.status_code, balance.json()["name"]) == (503, "offline_mode")
+    relight = [("subject_image", png_file(96, 80, 215)), ("background_prompt", "forest")]
+    started = post(offline, RELIGHT, relight, JSON)
+    assert (started.status_code, started.headers["x-cache"]) == (200, "OFFLINE")
+    result = offline.get(f"/v2beta/results/{started.json()['id']}", headers=IMAGE)
+    assert (result.status_code, image_size(result.content)) == (200, (96, 80))
     assert fake.calls == []

@@ -365,20 +365,32 @@ async def test_account_routes_per_caller_and_never_cached(
 
 
 @pytest.mark.anyio
-async def test_unknown_paths_are_404_without_upstream(
+async def test_unknown_paths_outside_stability_prefixes_are_404_without_upstream(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    for method, path in [("GET", "/nope"), ("POST", "/v3/x"), ("GET", "/v2betax/y")]:
+        response = await client.request(method, path)
+        assert response.status_code == 404, path
+        assert response.json().keys() == {"id", "name", "message"}
+    # A known route asked with another method keeps its own 405, without an upstream call.
+    for method, path in [("POST", "/v2beta/results/abc"), ("GET", CORE)]:
+        response = await client.request(method, path)
+        assert (response.status_code, response.json()["name"]) == (405, "method_not_allowed")
+        assert response.json().keys() == {"id", "name", "errors"}
+    assert upstream.calls == []
+
+
+@pytest.mark.anyio
+async def test_unknown_paths_under_stability_prefixes_are_forwarded(
     client: httpx.AsyncClient, upstream: Upstream
 ) -> None:
     unknown = [
         ("GET", "/v1/nope"),
-        ("POST", "/v2beta/stable-image/generate/sdxl"),
-        ("POST", "/v2beta/results/abc"),
-        ("GET", "/v2beta/stable-image/edit"),
+        ("POST", "/v2beta/3d/stable-fast-3d"),
+        ("DELETE", "/v2/video/jobs/abc"),
     ]
     for method, path in unknown:
         response = await client.request(method, path)
-        assert response.status_code in (404, 405), path
-        v2 = path.startswith("/v2beta/")
-        assert response.json().keys() == (
-            {"id", "name", "errors"} if v2 else {"id", "name", "message"}
-        )
-    assert upstream.calls == []
+        assert (response.status_code, response.headers["x-cache"]) == (200, "BYPASS"), path
+        assert response.json() == {"path": path, "auth": f"Bearer {SECRET}"}
+    assert [(c.method, c.url.path) for c in upstream.calls] == unknown

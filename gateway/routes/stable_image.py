@@ -1,5 +1,5 @@
-"""v2beta Stable Image: POST /v2beta/stable-image/generate/{core,ultra,sd3}, and the upscale
-and edit routes of the same shape (multipart in; image bytes or JSON out).
+"""v2beta Stable Image: POST /v2beta/stable-image/generate/{core,ultra,sd3}, and the upscale,
+edit and control routes of the same shape (multipart in; image bytes or JSON out).
 
 Each route is a row of `V2_ROUTES`: its path, its rule table, how its output size follows
 from the request (for placeholders and checks), and whether Stability answers it with a job
@@ -18,11 +18,18 @@ margins), fast upscale exactly 4x; conservative and creative upscale "to 4K reso
 which fixes no pixel count, so their answer must keep the input's aspect (within 5 %) and be
 no smaller than the input on either side.
 
-Job routes (creative upscale): the first answer is the upstream's `{"id"}`, passed through
-(the pipeline writes down the job, see gateway.jobs). Once a poll of
-`GET /v2beta/results/{id}` has brought the image it is cached under the request's key, and
-the same request later is answered `{"id": <cache key>}` straight away: polling that id is
-served from the cache, so the caller's code keeps working and no new job is started.
+Control routes follow their input: sketch, structure and style-transfer document no output
+size, so their answer must keep the input image's aspect (within 5 %, like the 4K upscales,
+and placeholders take the input's size); style draws the requested `aspect_ratio` whatever
+the shape of its style image. Search-and-recolor is an edit: the input's size exactly.
+Replace-background-and-relight is a job whose answer keeps the subject image's aspect.
+
+Job routes (creative upscale, replace-background-and-relight): the first answer is the
+upstream's `{"id"}`, passed through (the pipeline writes down the job, see gateway.jobs).
+Once a poll of `GET /v2beta/results/{id}` has brought the image it is cached under the
+request's key, and the same request later is answered `{"id": <cache key>}` straight away:
+polling that id is served from the cache, so the caller's code keeps working and no new job
+is started.
 """
 
 from __future__ import annotations
@@ -52,11 +59,17 @@ from gateway.validation import (
     MAX_V2_SEED,
     PIL_FORMATS,
     V2_ASPECT_SIZES,
+    V2_CONTROL_SKETCH,
+    V2_CONTROL_STRUCTURE,
+    V2_CONTROL_STYLE,
+    V2_CONTROL_STYLE_TRANSFER,
     V2_CORE,
     V2_EDIT_ERASE,
     V2_EDIT_INPAINT,
     V2_EDIT_OUTPAINT,
     V2_EDIT_REMOVE_BACKGROUND,
+    V2_EDIT_REPLACE_BACKGROUND_AND_RELIGHT,
+    V2_EDIT_SEARCH_AND_RECOLOR,
     V2_EDIT_SEARCH_AND_REPLACE,
     V2_SD3,
     V2_ULTRA,
@@ -77,21 +90,26 @@ MAX_PLACEHOLDER_SIDE = 4096
 # v2alpha upscale reference says the same). No exact size: placeholders use this long side.
 UPSCALE_4K_SIDE = 4096
 
-Output = Literal["aspect", "same", "outpaint", "upscale", "upscale_4k"]
+Output = Literal[
+    "aspect", "ratio", "same", "outpaint", "upscale", "upscale_4k", "input_aspect"
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class V2Route:
     """One v2beta route as data. `output` says what the answer's size follows: the aspect
-    ratio (or the input image when one is given), the input image, the input image plus the
-    outpaint margins, the input scaled by exactly `factor`, or the input brought to 4K with
-    its aspect kept (see the module docstring for what each checks)."""
+    ratio (or the input image when one is given), the aspect ratio always (control/style:
+    its image is a style reference), the input image, the input image plus the outpaint
+    margins, the input scaled by exactly `factor`, the input brought to 4K with its aspect
+    kept, or the input's aspect alone (see the module docstring for what each checks).
+    `source` names the upload that is "the input" (`init_image` for style transfer)."""
 
     path: str
     table: FormTable
     output: Output
     factor: int = 1
     job: bool = False  # Stability answers with an id to poll at /v2beta/results/{id}
+    source: str = "image"
 
 
 V2_ROUTES: tuple[V2Route, ...] = (
@@ -106,6 +124,23 @@ V2_ROUTES: tuple[V2Route, ...] = (
     V2Route("/v2beta/stable-image/edit/outpaint", V2_EDIT_OUTPAINT, "outpaint"),
     V2Route("/v2beta/stable-image/edit/search-and-replace", V2_EDIT_SEARCH_AND_REPLACE, "same"),
     V2Route("/v2beta/stable-image/edit/remove-background", V2_EDIT_REMOVE_BACKGROUND, "same"),
+    V2Route("/v2beta/stable-image/edit/search-and-recolor", V2_EDIT_SEARCH_AND_RECOLOR, "same"),
+    V2Route(
+        "/v2beta/stable-image/edit/replace-background-and-relight",
+        V2_EDIT_REPLACE_BACKGROUND_AND_RELIGHT,
+        "input_aspect",
+        job=True,
+        source="subject_image",
+    ),
+    V2Route("/v2beta/stable-image/control/sketch", V2_CONTROL_SKETCH, "input_aspect"),
+    V2Route("/v2beta/stable-image/control/structure", V2_CONTROL_STRUCTURE, "input_aspect"),
+    V2Route("/v2beta/stable-image/control/style", V2_CONTROL_STYLE, "ratio"),
+    V2Route(
+        "/v2beta/stable-image/control/style-transfer",
+        V2_CONTROL_STYLE_TRANSFER,
+        "input_aspect",
+        source="init_image",
+    ),
 )
 
 
@@ -114,16 +149,16 @@ def output_size(
 ) -> tuple[tuple[int, int], str | None]:
     """(width, height) of a placeholder answer, and the aspect ratio an answer must have
     (None when it follows an input image instead)."""
-    image = sizes.get("image")
-    if route.output == "aspect" and image is None:
+    image = sizes.get(route.source)
+    if route.output == "ratio" or (route.output == "aspect" and image is None):
         ratio = str(params.get("aspect_ratio", "1:1"))
         return V2_ASPECT_SIZES[ratio], ratio
-    assert image is not None  # every other route requires an image upload
+    assert image is not None  # every other route requires its input upload
     width, height = expected_size(route, params, image) or image
     scale = 1.0
     if route.output == "upscale_4k":
         scale = UPSCALE_4K_SIDE / max(width, height)
-    elif route.output == "upscale":  # a placeholder need not be larger than this
+    elif route.output in ("upscale", "input_aspect"):  # a placeholder need not be larger
         scale = min(1.0, MAX_PLACEHOLDER_SIDE / max(width, height))
     if scale != 1.0:
         width, height = max(1, round(width * scale)), max(1, round(height * scale))
@@ -134,8 +169,9 @@ def expected_size(
     route: V2Route, params: dict[str, Any], image: tuple[int, int] | None
 ) -> tuple[int, int] | None:
     """The exact (width, height) Stability documents for this route's answer, or None when
-    it documents none (generate routes: the aspect ratio; 4K upscales: see check_upscaled)."""
-    if image is None or route.output in ("aspect", "upscale_4k"):
+    it documents none (generate routes and control/style: the aspect ratio; 4K upscales:
+    see check_upscaled; the other control routes: check_same_aspect)."""
+    if image is None or route.output in ("aspect", "ratio", "upscale_4k", "input_aspect"):
         return None
     width, height = image
     if route.output == "outpaint":
@@ -146,16 +182,37 @@ def expected_size(
     return width, height
 
 
-def check_aspect(data: bytes, ratio: str) -> None:
-    """Refuse an answer whose shape is not the requested aspect ratio (within 5 %)."""
+def _size_of(data: bytes) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
+            return image.size
     except Exception:  # not an image at all: check_image reports it
+        return None
+
+
+def check_aspect(data: bytes, ratio: str) -> None:
+    """Refuse an answer whose shape is not the requested aspect ratio (within 5 %)."""
+    size = _size_of(data)
+    if size is None:
         return
+    width, height = size
     across, down = (int(n) for n in ratio.split(":"))
     if abs((width / height) / (across / down) - 1) > ASPECT_TOLERANCE:
         raise UpstreamError(f"upstream sent a {width}x{height} image, expected aspect {ratio}")
+
+
+def check_same_aspect(data: bytes, source: tuple[int, int]) -> None:
+    """Refuse an answer that does not keep its input image's aspect (within 5 %): the
+    control routes and relight document no output size, only that they redraw the input."""
+    size = _size_of(data)
+    if size is None:
+        return
+    (width, height), (source_width, source_height) = size, source
+    if abs((width / height) / (source_width / source_height) - 1) > ASPECT_TOLERANCE:
+        raise UpstreamError(
+            f"upstream sent a {width}x{height} image for a {source_width}x{source_height} "
+            "input (expected the input's aspect)"
+        )
 
 
 def check_upscaled(data: bytes, source: tuple[int, int]) -> None:
@@ -196,6 +253,9 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
     source = generation.summary.get("upscaled_from")
     if source:
         check_upscaled(data, (int(source[0]), int(source[1])))
+    shaped_like = generation.summary.get("aspect_of")
+    if shaped_like:
+        check_same_aspect(data, (int(shaped_like[0]), int(shaped_like[1])))
     media_type = MEDIA_TYPES[generation.expected_formats[0]]
     artifact = Artifact(data, seed, finish_reason, media_type)
     remember(artifact, V2_JSON, _v2_json(artifact, b64=text.encode("ascii")))  # no re-encoding
@@ -255,11 +315,12 @@ class StableImage:
         params = checked.params
         output_format = str(params.get("output_format", "png"))
         (width, height), ratio = output_size(self.row, params, checked.image_sizes)
-        source = checked.image_sizes.get("image")
+        source = checked.image_sizes.get(self.row.source)
         want: Want = "json" if wants_json_v2(request) else "image"
         if self.row.job:
             want = "job"  # the answer is an id to poll; the poll picks the format
-        prompts = [{"text": params["prompt"], "weight": 1}] if params.get("prompt") else []
+        prompt = params.get("prompt") or params.get("background_prompt")  # relight has none
+        prompts = [{"text": prompt, "weight": 1}] if prompt else []
         if params.get("negative_prompt"):
             prompts.append({"text": params["negative_prompt"], "weight": -1})
         return Generation(
@@ -288,6 +349,7 @@ class StableImage:
                 "upscaled_from": list(source)
                 if source and self.row.output == "upscale_4k"
                 else None,
+                "aspect_of": list(source) if source and self.row.output == "input_aspect" else None,
                 "output_format": output_format,
                 "seed": params.get("seed", 0),
                 "job": self.row.job,

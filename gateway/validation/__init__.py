@@ -2,7 +2,7 @@
 
     rules.py    the engine: Rule, FileRule, When, FormTable; check_fields, check_form...
     v1.py       the v1 routes' fields and tables
-    v2beta.py   the v2beta Stable Image tables
+    v2beta.py   the v2beta Stable Image tables (generate, upscale, edit, control)
 
 Routes never test parameters themselves: they pick a table and call the engine.
 """
@@ -44,6 +44,9 @@ from gateway.validation.rules import (
 )
 from gateway.validation.rules import (
     FormTable as FormTable,
+)
+from gateway.validation.rules import (
+    OneOf as OneOf,
 )
 from gateway.validation.rules import (
     Rule as Rule,
@@ -151,6 +154,9 @@ from gateway.validation.v1 import (
     v1_table as v1_table,
 )
 from gateway.validation.v2beta import (
+    LIGHT_DIRECTIONS as LIGHT_DIRECTIONS,
+)
+from gateway.validation.v2beta import (
     MAX_V2_PROMPT_CHARS as MAX_V2_PROMPT_CHARS,
 )
 from gateway.validation.v2beta import (
@@ -172,6 +178,18 @@ from gateway.validation.v2beta import (
     V2_ASPECT_SIZES as V2_ASPECT_SIZES,
 )
 from gateway.validation.v2beta import (
+    V2_CONTROL_SKETCH as V2_CONTROL_SKETCH,
+)
+from gateway.validation.v2beta import (
+    V2_CONTROL_STRUCTURE as V2_CONTROL_STRUCTURE,
+)
+from gateway.validation.v2beta import (
+    V2_CONTROL_STYLE as V2_CONTROL_STYLE,
+)
+from gateway.validation.v2beta import (
+    V2_CONTROL_STYLE_TRANSFER as V2_CONTROL_STYLE_TRANSFER,
+)
+from gateway.validation.v2beta import (
     V2_CORE as V2_CORE,
 )
 from gateway.validation.v2beta import (
@@ -185,6 +203,12 @@ from gateway.validation.v2beta import (
 )
 from gateway.validation.v2beta import (
     V2_EDIT_REMOVE_BACKGROUND as V2_EDIT_REMOVE_BACKGROUND,
+)
+from gateway.validation.v2beta import (
+    V2_EDIT_REPLACE_BACKGROUND_AND_RELIGHT as V2_EDIT_REPLACE_BACKGROUND_AND_RELIGHT,
+)
+from gateway.validation.v2beta import (
+    V2_EDIT_SEARCH_AND_RECOLOR as V2_EDIT_SEARCH_AND_RECOLOR,
 )
 from gateway.validation.v2beta import (
     V2_EDIT_SEARCH_AND_REPLACE as V2_EDIT_SEARCH_AND_REPLACE,

@@ -199,6 +199,20 @@ class When:
 
 
 @dataclass(frozen=True)
+class OneOf:
+    """At least one of `names` (form fields or uploads) must be given, always or only while
+    `when` is given: replace-background-and-relight takes `background_prompt` or a
+    `background_reference` image, and its `light_source_strength` needs a light to act on."""
+
+    names: tuple[str, ...]
+    when: str | None = None
+
+    def describe(self) -> str:
+        needed = f"one of {', '.join(self.names)} is required"
+        return needed if self.when is None else f"{self.when}: {needed} with it"
+
+
+@dataclass(frozen=True)
 class FormTable:
     """Everything checked on one multipart route before a credit is spent.
 
@@ -214,6 +228,7 @@ class FormTable:
     text_prompts: Literal["required", "optional", "none"] = "none"  # v1 text_prompts[i][...]
     any_of: tuple[str, ...] = ()  # at least one of these must be given and non-zero
     same_size: tuple[str, ...] = ()  # uploads that must have one (width, height)
+    one_of: tuple[OneOf, ...] = ()  # fields or uploads of which one is needed
 
 
 @dataclass(frozen=True)
@@ -368,6 +383,11 @@ def check_form(
     check_fields(params, table.fields)
     if table.any_of and not any(params.get(name) for name in table.any_of):
         raise BadRequest(f"at least one of {', '.join(table.any_of)} must be greater than 0")
+    for needed in table.one_of:
+        found = any(params.get(name) not in (None, "") or uploads.get(name)
+                    for name in needed.names)  # fmt: skip
+        if (needed.when is None or needed.when in present) and not found:
+            raise BadRequest(needed.describe())
     for name, file_rule in table.files.items():
         if file_rule.required and name not in uploads:
             raise BadRequest(f"{name}: required file upload is missing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.validation.rules import ONE_SAMPLE, FileRule, FormTable, Rule, When
+from gateway.validation.rules import ONE_SAMPLE, FileRule, FormTable, OneOf, Rule, When
 from gateway.validation.v1 import STYLE_PRESETS
 
 MAX_V2_SEED = 4_294_967_294
@@ -163,4 +163,113 @@ V2_EDIT_REMOVE_BACKGROUND = FormTable(
     fields={**_V2_SAMPLES, "output_format": Rule("string", choices=("png", "webp"))},
     files={"image": _INPUT_IMAGE},
     defaults={"output_format": "png"},
+)
+
+# Control and the last edit routes. Fields, ranges and defaults as Stability's v2beta API
+# reference documents them (platform.stability.ai/docs/api-reference, tags Control and
+# Edit), read from the schemas Comfy Router publishes for them, which mirror Stability's
+# form fields (docs.comfy.org/router-schemas/stability/control-sketch.json, -structure,
+# -style, -style-transfer, edit-search-and-recolor, edit-replace-background-and-relight):
+#   control/sketch, control/structure: image, prompt (required); control_strength 0-1
+#     (default 0.7), negative_prompt, seed, output_format, style_preset
+#   control/style: image, prompt (required); negative_prompt, aspect_ratio (default 1:1;
+#     the answer is about one megapixel of that ratio), fidelity 0-1 (default 0.5), seed,
+#     output_format, style_preset
+#   control/style-transfer: init_image, style_image (required); prompt, negative_prompt,
+#     style_strength 0-1 (default 1), composition_fidelity 0-1 (default 0.9),
+#     change_strength 0.1-1 (default 0.9), seed, output_format
+#   edit/search-and-recolor: image, prompt, select_prompt (required); negative_prompt,
+#     grow_mask 0-20 (default 3), seed, output_format, style_preset
+#   edit/replace-background-and-relight (a job): subject_image (required); background_prompt
+#     or a background_reference image; foreground_prompt, negative_prompt,
+#     preserve_original_subject 0-1 (default 0.6), original_background_depth 0-1 (default
+#     0.5), keep_original_background "true"/"false" (default false), light_source_direction
+#     (left, right, above, below), a light_reference image, light_source_strength 0-1 (needs
+#     light_reference or light_source_direction), seed, output_format
+# Only the output format and seed defaults enter the key (as for the other edits): the
+# strength defaults are Stability's to change. Comfy's own schemas allow png only and no
+# "left" light; those are Comfy's limits, not Stability's, and are not copied here.
+_UNIT = Rule("number", 0, 1)
+_CONTROL_FIELDS: Mapping[str, Rule] = {
+    **_V2_SAMPLES,
+    "prompt": _PROMPT,
+    "negative_prompt": _OPTIONAL_PROMPT,
+    "control_strength": _UNIT,
+    "seed": _SEED,
+    "output_format": _FORMAT,
+    "style_preset": _STYLE,
+}
+V2_CONTROL_SKETCH = FormTable(
+    fields=_CONTROL_FIELDS, files={"image": _INPUT_IMAGE}, defaults=_EDIT_DEFAULTS
+)
+V2_CONTROL_STRUCTURE = FormTable(
+    fields=_CONTROL_FIELDS, files={"image": _INPUT_IMAGE}, defaults=_EDIT_DEFAULTS
+)
+V2_CONTROL_STYLE = FormTable(
+    fields={
+        **_V2_SAMPLES,
+        "prompt": _PROMPT,
+        "negative_prompt": _OPTIONAL_PROMPT,
+        "aspect_ratio": _ASPECT,
+        "fidelity": _UNIT,
+        "seed": _SEED,
+        "output_format": _FORMAT,
+        "style_preset": _STYLE,
+    },
+    files={"image": _INPUT_IMAGE},
+    defaults=_GENERATE_DEFAULTS,
+)
+V2_CONTROL_STYLE_TRANSFER = FormTable(
+    fields={
+        **_V2_SAMPLES,
+        "prompt": _OPTIONAL_PROMPT,
+        "negative_prompt": _OPTIONAL_PROMPT,
+        "style_strength": _UNIT,
+        "composition_fidelity": _UNIT,
+        "change_strength": Rule("number", 0.1, 1),
+        "seed": _SEED,
+        "output_format": _FORMAT,
+    },
+    files={"init_image": _INPUT_IMAGE, "style_image": _INPUT_IMAGE},
+    defaults=_EDIT_DEFAULTS,
+)
+V2_EDIT_SEARCH_AND_RECOLOR = FormTable(
+    fields={
+        **_V2_SAMPLES,
+        "prompt": _PROMPT,
+        "select_prompt": _PROMPT,
+        "negative_prompt": _OPTIONAL_PROMPT,
+        "grow_mask": Rule("number", 0, 20),
+        "seed": _SEED,
+        "output_format": _FORMAT,
+        "style_preset": _STYLE,
+    },
+    files={"image": _INPUT_IMAGE},
+    defaults=_EDIT_DEFAULTS,
+)
+LIGHT_DIRECTIONS = ("left", "right", "above", "below")
+V2_EDIT_REPLACE_BACKGROUND_AND_RELIGHT = FormTable(
+    fields={
+        **_V2_SAMPLES,
+        "background_prompt": _OPTIONAL_PROMPT,
+        "foreground_prompt": _OPTIONAL_PROMPT,
+        "negative_prompt": _OPTIONAL_PROMPT,
+        "preserve_original_subject": _UNIT,
+        "original_background_depth": _UNIT,
+        "keep_original_background": Rule("string", choices=("true", "false")),
+        "light_source_direction": Rule("string", choices=LIGHT_DIRECTIONS),
+        "light_source_strength": _UNIT,
+        "seed": _SEED,
+        "output_format": _FORMAT,
+    },
+    files={
+        "subject_image": _INPUT_IMAGE,
+        "background_reference": FileRule(min_side=64),
+        "light_reference": FileRule(min_side=64),
+    },
+    defaults=_EDIT_DEFAULTS,
+    one_of=(
+        OneOf(("background_prompt", "background_reference")),
+        OneOf(("light_reference", "light_source_direction"), when="light_source_strength"),
+    ),
 )

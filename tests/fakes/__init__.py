@@ -12,8 +12,8 @@ from tests.fakes.multipart import encode_multipart
 _STABILITY_NAMES = frozenset(
     {
         "V2_ASPECT_SIZES", "Call", "FakeStability", "accepted", "corrupt_pixels", "error", "hang",
-        "invalid_base64", "key_hash", "not_an_image", "ok", "reset_mid_body", "status_body",
-        "truncated_json", "wrong_size",
+        "invalid_base64", "key_hash", "not_an_image", "ok", "reply", "reset_mid_body",
+        "status_body", "truncated_json", "wrong_size",
     }
 )  # fmt: skip
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         key_hash,
         not_an_image,
         ok,
+        reply,
         reset_mid_body,
         status_body,
         truncated_json,
@@ -66,6 +67,7 @@ __all__ = [
     "ok",
     "open_image",
     "png_bytes",
+    "reply",
     "reset_mid_body",
     "status_body",
     "truncated_json",

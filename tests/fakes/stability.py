@@ -17,9 +17,18 @@ text, retries included.
 Asynchronous routes (creative upscale, say) are scripted with `accepted()`: the POST answers
 `{"id"}` and `GET /v2beta/results/{id}` answers 202 in-progress `polls` times, then the image.
 
+Any other path answers what `fake.on(path, reply(...), ...)` scripted for it (one reply
+per request, the last one repeated), or, for a few routes the gateway only forwards, a
+built-in answer: `/v2beta/3d/stable-fast-3d` a small binary glTF model, and
+`/v2beta/audio/stable-audio-2/text-to-audio` audio bytes; anything else is a 404.
+
 Output sizes follow Stability's documentation: v1 and v2beta generate routes the requested
 size or aspect ratio; v2beta edits the input image's size (outpaint adds the margins); fast
-upscale 4x; conservative and creative upscale "to 4K resolution" (see `UPSCALE_4K_SIDE`).
+upscale 4x; conservative and creative upscale "to 4K resolution" (see `UPSCALE_4K_SIDE`);
+control/style the requested aspect ratio; the other control routes and
+replace-background-and-relight their input image's size (Stability documents none: the
+gateway checks their aspect only). replace-background-and-relight always answers a job, as
+on the real API.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -49,7 +58,7 @@ from PIL import UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -157,11 +166,29 @@ class Accepted:
     height: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Reply:
+    """What a path scripted with `fake.on` answers: this status, headers and body, the body
+    sent in `chunk`-byte pieces. With `hold`, the last piece waits until that event is set,
+    so a test can see the first bytes arrive before the body is all produced; if it is not
+    set within `hold_seconds` (a client that waits for the whole body), the connection is
+    broken off instead."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    headers: Mapping[str, str] | None = None
+    chunk: int = 1 << 20
+    hold: threading.Event | None = None
+    hold_seconds: float = 30.0
+
+
 Behaviour = Ok | ApiError | Malformed | RawBody | Accepted
 ok = Ok
 error = ApiError
 accepted = Accepted
 status_body = RawBody
+reply = Reply
 
 
 def hang(seconds: float) -> Ok:
@@ -388,11 +415,12 @@ async def _parse_v2(request: Request) -> _GenRequest:
 
 
 async def _parse_v2_image(request: Request) -> _GenRequest:
-    """v2beta upscale and edit routes: an `image` upload; the answer is that image scaled 4x
-    (fast upscale), to 4K (conservative and creative upscale), grown by the margins
-    (outpaint), or the same size (other edits)."""
+    """v2beta upscale and edit routes: an `image` upload (`subject_image` for relight); the
+    answer is that image scaled 4x (fast upscale), to 4K (conservative and creative upscale),
+    grown by the margins (outpaint), or the same size (other edits)."""
     form, files = await _read_form(request)
-    width, height = _upload_size(files, "image")
+    relight = request.url.path.endswith("/replace-background-and-relight")
+    width, height = _upload_size(files, "subject_image" if relight else "image")
     fmt = str(form.get("output_format") or "png")
     if fmt not in V2_FORMATS:
         raise _BadRequest(f"output_format: must be one of {', '.join(V2_FORMATS)}")
@@ -414,6 +442,38 @@ async def _parse_v2_image(request: Request) -> _GenRequest:
     )
 
 
+async def _parse_v2_control(request: Request) -> _GenRequest:
+    """v2beta control routes: style draws its `aspect_ratio` (its image is a style
+    reference); sketch, structure and style-transfer redraw their input (`init_image` for
+    style-transfer) at its size."""
+    form, files = await _read_form(request)
+    fmt = str(form.get("output_format") or "png")
+    if fmt not in V2_FORMATS:
+        raise _BadRequest(f"output_format: must be one of {', '.join(V2_FORMATS)}")
+    if request.url.path.endswith("/control/style"):
+        _upload_size(files, "image")
+        aspect_ratio = str(form.get("aspect_ratio") or "1:1")
+        if aspect_ratio not in V2_ASPECT_SIZES:
+            raise _BadRequest(f"aspect_ratio: must be one of {', '.join(V2_ASPECT_SIZES)}")
+        width, height = V2_ASPECT_SIZES[aspect_ratio]
+    else:
+        transfer = request.url.path.endswith("/style-transfer")
+        width, height = _upload_size(files, "init_image" if transfer else "image")
+        if transfer:
+            _upload_size(files, "style_image")
+    return _GenRequest(
+        v2=True,
+        raw="application/json" not in request.headers.get("accept", ""),
+        width=width,
+        height=height,
+        seed=_int_field(form.get("seed"), 0),
+        fmt=fmt,
+    )
+
+
+# Routes the real API always answers with a job id (the image comes from /v2beta/results).
+JOB_ROUTES = frozenset({"/v2beta/stable-image/edit/replace-background-and-relight"})
+
 # The one route table for generation: path -> how to read what the request asks for.
 GENERATION_ROUTES: dict[str, Callable[[Request], Awaitable[_GenRequest]]] = {
     "/v1/generation/{engine_id}/text-to-image": _parse_v1_text,
@@ -423,6 +483,7 @@ GENERATION_ROUTES: dict[str, Callable[[Request], Awaitable[_GenRequest]]] = {
     "/v2beta/stable-image/generate/{model}": _parse_v2,
     "/v2beta/stable-image/upscale/{kind}": _parse_v2_image,
     "/v2beta/stable-image/edit/{kind}": _parse_v2_image,
+    "/v2beta/stable-image/control/{kind}": _parse_v2_control,
 }
 _GENERATION_PATTERNS = [compile_path(path)[0] for path in GENERATION_ROUTES]
 
@@ -523,6 +584,7 @@ class _State:
     peak: int = 0
     jobs: dict[str, _Job] = field(default_factory=dict)
     by_prompt: list[tuple[str, Behaviour]] = field(default_factory=list)
+    replies: dict[str, deque[Reply]] = field(default_factory=dict)
 
 
 def prompt_text(body: bytes) -> str:
@@ -580,6 +642,12 @@ class FakeStability:
         with self._lock:
             self._state.by_prompt.append((text, behaviour))
 
+    def on(self, path: str, *replies: Reply) -> None:
+        """Requests to `path` (any method, any query) get these replies, one each, in order;
+        the last one answers every request after it. Replaces what `path` had."""
+        with self._lock:
+            self._state.replies[path] = deque(replies)
+
     def reset(self) -> None:
         """Forget script, calls, counters and default, so a shared fake starts each test clean.
 
@@ -623,7 +691,7 @@ class FakeStability:
         ]
         # Last, and for every method, so anything unmatched is a Stability-shaped 404, not a 405.
         every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-        fallback = [Route("/{path:path}", self._not_found, methods=every_method)]
+        fallback = [Route("/{path:path}", self._other, methods=every_method)]
         return self._recording(Starlette(routes=[*generation, *account, *fallback]))
 
     def _recording(self, app: ASGIApp) -> ASGIApp:
@@ -693,6 +761,8 @@ class FakeStability:
             req = await parse(request)
         except _BadRequest as exc:
             return _error_response(ApiError(400, "bad_request", str(exc)), v2=v2)
+        if isinstance(behaviour, Ok) and request.url.path in JOB_ROUTES:
+            behaviour = Accepted(width=behaviour.width, height=behaviour.height)
         if isinstance(behaviour, Accepted):
             sized = Ok(width=behaviour.width, height=behaviour.height)
             return self._start_job(req, await self._artifacts(req, sized, number), behaviour)
@@ -798,7 +868,40 @@ class FakeStability:
     async def _balance(self, request: Request) -> Response:
         return JSONResponse({"credits": 12.5, "who": _who(request)})
 
-    async def _not_found(self, request: Request) -> Response:
+    async def _other(self, request: Request) -> Response:
+        """A scripted path's next reply, a built-in answer, or Stability's 404."""
+        path = request.url.path
+        with self._lock:
+            replies = self._state.replies.get(path)
+            scripted = None
+            if replies:
+                scripted = replies.popleft() if len(replies) > 1 else replies[0]
+        if scripted is None and request.method == "POST" and path in BUILT_IN:
+            scripted = BUILT_IN[path](await request.body())
+        if scripted is None:
+            return self._not_found(request)
+        return self._reply(scripted)
+
+    def _reply(self, answer: Reply) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            data, size = answer.body, max(1, answer.chunk)
+            pieces = [data[at : at + size] for at in range(0, len(data), size)]
+            for index, piece in enumerate(pieces):
+                last = index == len(pieces) - 1
+                if (
+                    last
+                    and answer.hold is not None
+                    and not await asyncio.to_thread(answer.hold.wait, answer.hold_seconds)
+                ):
+                    raise _IntentionalReset("the held reply was never released")
+                yield piece
+
+        headers = {"content-length": str(len(answer.body)), **(answer.headers or {})}
+        return StreamingResponse(
+            body(), status_code=answer.status, media_type=answer.content_type, headers=headers
+        )
+
+    def _not_found(self, request: Request) -> Response:
         return JSONResponse(
             {
                 "id": uuid.uuid4().hex,
@@ -836,6 +939,39 @@ class FakeStability:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def glb_model(request_body: bytes) -> Reply:
+    """A small binary glTF 2.0 file (header and one JSON chunk) that names a hash of the
+    request, so each distinct request gets distinct bytes, as Stable Fast 3D answers."""
+    digest = hashlib.sha256(request_body).hexdigest()
+    chunk = json.dumps({"asset": {"version": "2.0"}, "extras": {"request": digest}}).encode()
+    chunk += b" " * (-len(chunk) % 4)
+    total = 12 + 8 + len(chunk)
+    data = b"".join(
+        (
+            b"glTF", (2).to_bytes(4, "little"), total.to_bytes(4, "little"),
+            len(chunk).to_bytes(4, "little"), b"JSON", chunk,
+        )
+    )  # fmt: skip
+    disposition = 'attachment; filename="model.glb"'
+    return Reply(body=data, content_type="model/gltf-binary",
+                 headers={"content-disposition": disposition})  # fmt: skip
+
+
+def audio_clip(request_body: bytes) -> Reply:
+    """Bytes that start like an MP3 file (an ID3 tag) and differ per request, with the
+    finish-reason and seed headers Stability's audio routes answer."""
+    digest = hashlib.sha256(request_body).digest()
+    data = b"ID3\x04\x00\x00\x00\x00\x00\x00" + digest * 64
+    return Reply(body=data, content_type="audio/mpeg",
+                 headers={"finish-reason": "SUCCESS", "seed": str(digest[0])})  # fmt: skip
+
+
+BUILT_IN: dict[str, Callable[[bytes], Reply]] = {
+    "/v2beta/3d/stable-fast-3d": glb_model,
+    "/v2beta/audio/stable-audio-2/text-to-audio": audio_clip,
+}
 
 
 def _who(request: Request) -> str | None:
