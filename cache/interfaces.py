@@ -203,6 +203,9 @@ class Ticket:
 
     caller: str = "anonymous"
     priority: Priority = "interactive"
+    # When the request reached the gateway (Unix time): orders one caller's requests first
+    # come, first served, also across workers. None: when it asked for a slot.
+    arrived: float | None = None
 
 
 ANONYMOUS = Ticket()

@@ -47,9 +47,8 @@ class Caller:
     private: bool = False
     known: bool = False
 
-    @property
-    def ticket(self) -> Ticket:
-        return Ticket(self.name, self.priority)
+    def ticket(self, arrived: float | None = None) -> Ticket:
+        return Ticket(self.name, self.priority, arrived)
 
 
 ANONYMOUS = Caller("anonymous")
@@ -92,6 +91,13 @@ def caller_of(scope: Scope) -> Caller:
     return caller if isinstance(caller, Caller) else ANONYMOUS
 
 
+def ticket_of(scope: Scope) -> Ticket:
+    """The request's place in the fair queue: its caller, and when it reached the gateway."""
+    state = scope.get("state") or {}
+    arrived = state.get("arrived")
+    return caller_of(scope).ticket(arrived if isinstance(arrived, float) else None)
+
+
 class CallerGate:
     def __init__(self, app: ASGIApp, settings: Settings, coordinator: Coordinator) -> None:
         self.app = app
@@ -103,6 +109,7 @@ class CallerGate:
         if scope["type"] != "http" or not scope["path"].startswith(STABILITY_PREFIXES):
             await self.app(scope, receive, send)
             return
+        arrived = time.time()  # its place in its caller's queue, whichever worker has it
         authorization = None
         for name, value in scope.get("headers", []):
             if name == b"authorization":
@@ -128,6 +135,7 @@ class CallerGate:
                 return
         state: dict[str, Any] = scope.setdefault("state", {})
         state["caller"] = caller
+        state["arrived"] = arrived
         record = access.current()
         if record is not None:
             record.caller = caller.name

@@ -174,6 +174,7 @@ class Fetcher:
         deadline: Deadline,
         fresh: bool = False,
         caller: Caller = ANONYMOUS_CALLER,
+        ticket: Ticket | None = None,
     ) -> tuple[Outcome, Role]:
         """The outcome for this request, and its role in the flight (see SingleFlight.run:
         it led the work, or shared another request's). `seen` is the version of the entry
@@ -185,7 +186,7 @@ class Fetcher:
         budgets = [self.budget]
         if caller.daily_credit_budget:
             budgets.append(Budget(self.coordinator, caller.daily_credit_budget, caller.name))
-        call = Call(headers, caller.ticket, credential, budgets, deadline)
+        call = Call(headers, ticket or caller.ticket(), credential, budgets, deadline)
 
         async def work(flight: Flight[Outcome]) -> Outcome:
             if not store:

@@ -26,7 +26,7 @@ from cache.keys import scoped_key
 from cache.memory import TieredEntryStore
 from cache.model import Artifact, Entry
 from gateway.callers import ANONYMOUS as ANONYMOUS_CALLER
-from gateway.callers import Caller, caller_of
+from gateway.callers import Caller, caller_of, ticket_of
 from gateway.config import Settings
 from gateway.counters import Counters
 from gateway.credits import price_of
@@ -235,6 +235,7 @@ class Pipeline:
             deadline=deadline,
             fresh=decision.fresh,
             caller=caller,
+            ticket=ticket_of(request.scope),
         )
         try:
             outcome, role = await unless_disconnected(request, fetching)

@@ -203,7 +203,7 @@ async def _queue_then_dev(url: str, fake: FakeStability) -> tuple[int, int, list
         for i in range(60):
             tasks.append(asyncio.ensure_future(client.post(
                 TEXT, json=body(f"batch {i:02d}"), headers=as_caller("batch-job"))))  # fmt: skip
-            await asyncio.sleep(0.03)  # so that "their order" is defined
+            await asyncio.sleep(0.05)  # so that "their order" is defined
         while len(fake.generation_calls()) < 5:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)

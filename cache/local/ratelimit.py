@@ -101,7 +101,7 @@ class DiskRateLimiter:
 
     async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
         started = time.monotonic()
-        arrived = time.time()
+        arrived = ticket.arrived or time.time()
         ident = uuid.uuid4().hex
         rules = self.rules
 

@@ -107,7 +107,7 @@ class RedisRateLimiter:
         rules = self.rules
 
         def join(state: QueueState, now: float) -> float:
-            return fair_queue.join(state, ident, ticket, now, rules)
+            return fair_queue.join(state, ident, ticket, now, rules, ticket.arrived)
 
         def poll(state: QueueState, now: float) -> float:
             return fair_queue.poll(state, ident, ticket, now, rules)

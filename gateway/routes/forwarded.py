@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
+from gateway.callers import ticket_of
 from gateway.config import Settings
 from gateway.deadline import Deadline
 from gateway.errors import BadRequest, GatewayError
@@ -161,7 +162,10 @@ class Forwarded:
             },
         )
         sending = self.upstream.send(
-            upstream_request, request.headers, deadline=Deadline(self.deadline_seconds)
+            upstream_request,
+            request.headers,
+            deadline=Deadline(self.deadline_seconds),
+            ticket=ticket_of(request.scope),
         )
         try:
             answer = await unless_disconnected(request, sending)

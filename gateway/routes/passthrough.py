@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from cache.interfaces import StoreError
 from cache.memory import TieredEntryStore
+from gateway.callers import ticket_of
 from gateway.config import Settings
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, GatewayTimeout, NotFound
@@ -109,7 +110,7 @@ class AccountPassThrough:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         answer = await self.upstream.send(
             UpstreamRequest("GET", path, route=request.url.path.lstrip("/")), request.headers,
-            deadline=Deadline(self.deadline_seconds),
+            deadline=Deadline(self.deadline_seconds), ticket=ticket_of(request.scope),
         )  # fmt: skip
         return answer.response
 
@@ -210,10 +211,14 @@ class Results:
                 UpstreamRequest("GET", path, accept=accept, route=RESULTS_ROUTE),
                 request.headers,
                 deadline=deadline,
+                ticket=ticket_of(request.scope),
             )
             return forward(answer.response, {"X-Cache": "BYPASS"})
         answer = await upstream.send(
-            UpstreamRequest("GET", path, route=RESULTS_ROUTE), request.headers, deadline=deadline
+            UpstreamRequest("GET", path, route=RESULTS_ROUTE),
+            request.headers,
+            deadline=deadline,
+            ticket=ticket_of(request.scope),
         )
         response = answer.response
         headers = {"X-Cache": "MISS", "X-Cache-Key": known.key}
