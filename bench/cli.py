@@ -20,6 +20,7 @@ from bench import report, tools
 from bench.context import Context, Options
 from bench.report import SectionResult
 from bench.sections import (
+    cold,
     credits,
     entries,
     hits,
@@ -36,6 +37,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "hit": hits.run,
+    "hit2": hits.run_two_workers,
+    "cold": cold.run,
     "miss": miss.run,
     "limiter": limiter.run,
     "singleflight": singleflight.run,

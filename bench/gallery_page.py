@@ -70,7 +70,7 @@ def fill(folder: Path, entries: int, ledger_records: int, seed: int = 1) -> None
                 "seed": i + 1,
                 "params": {"cfg_scale": 7, "steps": 30, "samples": 1},
             }  # fmt: skip
-            info = ArtifactInfo.of(Artifact(artifact.data, i + 1, sha256=artifact.sha256))
+            info = ArtifactInfo.of(Artifact(artifact.data, i + 1, digest=artifact.sha256))
             meta = EntryMeta(
                 key=uuid.UUID(int=rng.getrandbits(128)).hex * 2,
                 version=uuid.uuid4().hex,

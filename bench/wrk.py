@@ -35,6 +35,7 @@ class WrkJob:
     unique: bool = False  # replace __SEED__ per request (misses) instead of a fixed body
     first_seed: int = 1
     timeout: float = 10.0
+    cycle: int = 0  # > 0: seeds first_seed .. first_seed + cycle - 1 in turn (a working set)
 
     def command(self, wrk: str) -> list[str]:
         return [
@@ -49,8 +50,9 @@ class WrkJob:
             "--",
             str(self.body_file),
             self.accept,
-            "unique" if self.unique else "fixed",
+            "cycle" if self.cycle else "unique" if self.unique else "fixed",
             str(self.first_seed),
+            str(self.cycle),
         ]
 
 

@@ -24,19 +24,22 @@ Source = Literal["upstream", "offline"]
 class Artifact:
     """One generated image. Compared by identity: a 2.6 MB image is never compared by value.
 
-    `sha256` is computed once, when the artifact is made from fresh bytes, and passed in
-    when it is read back from storage (where it has just been verified).
+    Its SHA-256 is passed in when the artifact is read back from storage (where it has just
+    been verified), and otherwise computed once, when first asked for: a fresh image's is
+    needed only to store it, which happens after its caller has been answered.
     """
 
     data: bytes
     seed: int
     finish_reason: str = "SUCCESS"
     media_type: str = "image/png"
-    sha256: str = ""
+    digest: str = ""
 
-    def __post_init__(self) -> None:
-        if not self.sha256:
-            object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
+    @property
+    def sha256(self) -> str:
+        if not self.digest:
+            object.__setattr__(self, "digest", hashlib.sha256(self.data).hexdigest())
+        return self.digest
 
 
 @dataclass(frozen=True)

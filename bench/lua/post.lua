@@ -5,8 +5,12 @@
 --   2  Accept header value
 --   3  mode: "fixed" sends the file as is on every request (cache hits);
 --            "unique" replaces the text __SEED__ in it with a seed no other request of this
---            run uses (cache misses)
---   4  first seed of this run (unique mode); each thread takes its own range above it
+--            run uses (cache misses);
+--            "cycle" replaces __SEED__ with seeds first .. first + count - 1 in turn (hits
+--            on a working set of `count` entries, each thread starting at its own place)
+--   4  first seed of this run (unique and cycle modes); unique: each thread takes its own
+--      range above it
+--   5  count (cycle mode)
 --
 -- done() prints one line "WRK_JSON {...}" that the bench parses, rather than scraping wrk's
 -- text report. Latencies are in microseconds, as wrk records them (send to last byte).
@@ -23,6 +27,7 @@ end
 
 local prefix, suffix, fixed_request
 local seed = 0
+local first, count, turn = 0, 0, 0
 local headers = {}
 
 function init(args)
@@ -32,11 +37,17 @@ function init(args)
   headers["Content-Type"] = "application/json"
   headers["Accept"] = args[2]
   local mode = args[3] or "fixed"
-  if mode == "unique" then
+  if mode == "unique" or mode == "cycle" then
     local at = assert(string.find(body, "__SEED__", 1, true), "no __SEED__ in the body")
     prefix = string.sub(body, 1, at - 1)
     suffix = string.sub(body, at + string.len("__SEED__"))
+  end
+  if mode == "unique" then
     seed = tonumber(args[4] or "1") + id * THREAD_SEED_SPAN
+  elseif mode == "cycle" then
+    first = tonumber(args[4] or "1")
+    count = tonumber(args[5] or "1")
+    turn = (id * 7919) % count
   else
     fixed_request = wrk.format("POST", nil, headers, body)
   end
@@ -45,6 +56,10 @@ end
 function request()
   if fixed_request then
     return fixed_request
+  end
+  if count > 0 then
+    turn = (turn + 1) % count
+    return wrk.format("POST", nil, headers, prefix .. tostring(first + turn) .. suffix)
   end
   seed = seed + 1
   return wrk.format("POST", nil, headers, prefix .. tostring(seed) .. suffix)

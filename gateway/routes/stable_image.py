@@ -34,8 +34,6 @@ is started.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 import httpx
+import pybase64
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -54,6 +53,7 @@ from gateway.errors import UpstreamError
 from gateway.generation import Generation, UpstreamRequest, Want
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
+from gateway.routes import answers
 from gateway.routes.common import read_multipart, wants_json_v2
 from gateway.validation import (
     MAX_V2_SEED,
@@ -235,17 +235,12 @@ def check_upscaled(data: bytes, source: tuple[int, int]) -> None:
 
 def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact]:
     """Stability's v2beta JSON answer -> one artifact in the requested format."""
+    image = answers.v2_image(response.content)
+    data = image.data
     try:
-        payload = response.json()
-        text = payload["image"]
-        data = binascii.a2b_base64(text, strict_mode=True)
-        seed = int(payload.get("seed") or 0)
-        finish_reason = str(payload.get("finish_reason") or "SUCCESS")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UpstreamError(f"upstream sent a body that is not valid JSON ({exc})") from exc
-    except binascii.Error as exc:
-        raise UpstreamError(f"upstream sent an image with invalid base64 ({exc})") from exc
-    except (KeyError, TypeError, ValueError) as exc:
+        seed = int(image.fields.get("seed") or 0)
+        finish_reason = str(image.fields.get("finish_reason") or "SUCCESS")
+    except (TypeError, ValueError) as exc:
         raise UpstreamError(f"upstream sent an unexpected JSON shape ({exc!r})") from exc
     ratio = generation.summary.get("aspect_ratio")
     if ratio:
@@ -258,7 +253,8 @@ def decode_v2(response: httpx.Response, generation: Generation) -> list[Artifact
         check_same_aspect(data, (int(shaped_like[0]), int(shaped_like[1])))
     media_type = MEDIA_TYPES[generation.expected_formats[0]]
     artifact = Artifact(data, seed, finish_reason, media_type)
-    remember(artifact, V2_JSON, _v2_json(artifact, b64=text.encode("ascii")))  # no re-encoding
+    # Stability's own answer is the JSON answer: no base64 encoded, none copied.
+    remember(artifact, V2_JSON, response.content)
     return [artifact]
 
 
@@ -276,7 +272,7 @@ def _v2_json(artifact: Artifact, b64: bytes | None = None) -> bytes:
     return b"".join(
         (
             b'{"image":"',
-            base64.b64encode(artifact.data) if b64 is None else b64,
+            pybase64.b64encode(artifact.data) if b64 is None else b64,
             b'","finish_reason":',
             json.dumps(artifact.finish_reason).encode(),
             b',"seed":',
