@@ -157,3 +157,31 @@ def prompt_text(summary: Mapping[str, Any]) -> str:
         if isinstance(p, Mapping) and float(p.get("weight", 1) or 0) >= 0
     ]
     return " | ".join(t for t in texts if t)
+
+
+class VerifiedDigests:
+    """Image bytes read back from storage, checked against their SHA-256 once per process
+    per digest (content-addressed: the same digest is always the same bytes)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit  # digests remembered (about 20 MB at most)
+        self._seen: set[str] = set()
+
+    def artifact(self, info: ArtifactInfo, data: bytes | None) -> Artifact | None:
+        """The artifact of `info` made of `data`, or None if the bytes are missing or
+        are not the ones the digest names."""
+        if data is None:
+            return None
+        if info.sha256 not in self._seen:
+            if hashlib.sha256(data).hexdigest() != info.sha256:
+                return None
+            if len(self._seen) >= self.limit:
+                self._seen.clear()
+            self._seen.add(info.sha256)
+        return Artifact(data, info.seed, info.finish_reason, info.media_type, info.sha256)
+
+    def forget(self, sha256: str) -> None:
+        self._seen.discard(sha256)
+
+    def clear(self) -> None:
+        self._seen.clear()

@@ -32,7 +32,15 @@ from cache.local.blobs import DiskBlobStore
 from cache.local.errors import store_errors
 from cache.local.index import Index
 from cache.local.legacy import migrate
-from cache.model import Artifact, ArtifactInfo, Entry, EntryMeta, Source, prompt_text
+from cache.model import (
+    Artifact,
+    ArtifactInfo,
+    Entry,
+    EntryMeta,
+    Source,
+    VerifiedDigests,
+    prompt_text,
+)
 
 log = logging.getLogger("cache.local")
 
@@ -40,7 +48,6 @@ T = TypeVar("T")
 
 READ_ATTEMPTS = 3
 CLOSE_WAIT_SECONDS = 30.0
-MAX_VERIFIED = 200_000  # digests remembered as checked (about 20 MB at most)
 EVICT_BATCH = 64
 # A put is expected to fail when the folder's file system has less free space than the
 # images plus this much (SQLite's journal, diskcache's row): see `ready_for`.
@@ -60,7 +67,7 @@ class LocalEntryStore:
         self.blobs = DiskBlobStore(self.directory / "blobs")
         with store_errors(self.where):
             migrate(self.directory, self.index, self.blobs)
-        self._verified: set[str] = set()
+        self._verified = VerifiedDigests()
         self._failing_since: float | None = None
         # Operations under way in worker threads; close() waits for them, since closing a
         # SQLite connection another thread is using crashes the process.
@@ -121,23 +128,11 @@ class LocalEntryStore:
     def _read_artifacts(self, meta: EntryMeta) -> list[Artifact] | None:
         artifacts = []
         for info in meta.artifacts:
-            data = self.blobs.get_sync(info.sha256)
-            if data is None or not self._verify(info.sha256, data):
+            artifact = self._verified.artifact(info, self.blobs.get_sync(info.sha256))
+            if artifact is None:
                 return None
-            artifacts.append(
-                Artifact(data, info.seed, info.finish_reason, info.media_type, info.sha256)
-            )
+            artifacts.append(artifact)
         return artifacts
-
-    def _verify(self, sha256: str, data: bytes) -> bool:
-        if sha256 in self._verified:
-            return True
-        if Artifact(data, 0).sha256 != sha256:
-            return False
-        if len(self._verified) >= MAX_VERIFIED:
-            self._verified.clear()
-        self._verified.add(sha256)
-        return True
 
     def _put(
         self,
@@ -180,7 +175,7 @@ class LocalEntryStore:
             try:
                 if not self.index.referenced(sha):
                     self.blobs.delete_sync(sha)
-                    self._verified.discard(sha)
+                    self._verified.forget(sha)
             except Exception:  # best effort: a later sweep of the same digest retries
                 log.debug("could not delete blob %s", sha[:16], exc_info=True)
 

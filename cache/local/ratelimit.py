@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -26,39 +24,18 @@ import diskcache
 from aiolimiter import AsyncLimiter
 
 from cache import fair_queue
-from cache.fair_queue import QueueState, Rules, Waiting
+from cache.fair_queue import QueueState, Waiting
 from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Ticket
 from cache.local.errors import coordination_errors
+from cache.queued_limiter import HEARTBEAT_SECONDS, TICKET_TTL_SECONDS, QueuedLimiter, Step
 
 log = logging.getLogger("cache.ratelimit")
 
 STATE_KEY = ("ratelimit", "queue")
-HEARTBEAT_SECONDS = 1.0
-TICKET_TTL_SECONDS = 5.0
 FALLBACK_LOG_SECONDS = 60.0
 
 
-class _Wakeup:
-    """Lets this process's waiters re-check at once when one of them sends or leaves
-    (other processes' changes are seen at the next heartbeat)."""
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def sleep(self, seconds: float) -> None:
-        if self._event is None:
-            self._event = asyncio.Event()
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
-
-
-class DiskRateLimiter:
+class DiskRateLimiter(QueuedLimiter):
     def __init__(
         self,
         state: diskcache.Cache,
@@ -71,81 +48,25 @@ class DiskRateLimiter:
         ticket_ttl: float = TICKET_TTL_SECONDS,
         where: str = "",
     ) -> None:
+        super().__init__(limit=limit, period=period, margin=margin, max_wait=max_wait,
+                         heartbeat=heartbeat, ticket_ttl=ticket_ttl)  # fmt: skip
         self.state = state
-        self.rules = Rules(limit, period + margin, max_wait, ticket_ttl)
-        self.heartbeat = heartbeat
         self.where = where or str(state.directory)
-        self.waiting = 0
-        self._wakeup = _Wakeup()
-        self._leaving: set[asyncio.Future[None]] = set()
-        # This process's transactions run one at a time, in the order they were asked for
-        # (asyncio.Lock is FIFO): worker threads would otherwise commit two requests that
-        # arrived a microsecond apart in either order.
-        self._turn = asyncio.Lock()
 
-    def _apply(self, step: Callable[..., Any], *args: Any) -> Any:
-        """One transaction: read the state, apply `step(state, *args, now)`, write it."""
+    def _apply_sync(self, step: Step) -> Any:
+        """One transaction: read the state, apply `step(state, now)`, write it."""
         with coordination_errors(self.where), self.state.transact():
             state = QueueState.from_dict(self.state.get(STATE_KEY))
-            result = step(state, *args, time.time())
+            result = step(state, time.time())
             self.state.set(STATE_KEY, state.to_dict())
             return result
 
-    async def _transact(self, step: Callable[..., Any]) -> Any:
-        async with self._turn:
-            return await anyio.to_thread.run_sync(self._apply, step)
+    async def _apply(self, step: Step) -> Any:
+        return await anyio.to_thread.run_sync(self._apply_sync, step)
 
     def snapshot(self) -> QueueState:
         with coordination_errors(self.where):
             return QueueState.from_dict(self.state.get(STATE_KEY))
-
-    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
-        started = time.monotonic()
-        arrived = ticket.arrived or time.time()
-        ident = uuid.uuid4().hex
-        rules = self.rules
-
-        def join(state: QueueState, now: float) -> float:
-            return fair_queue.join(state, ident, ticket, now, rules, arrived)
-
-        def poll(state: QueueState, now: float) -> float:
-            return fair_queue.poll(state, ident, ticket, now, rules)
-
-        self.waiting += 1
-        sent = False
-        try:
-            wait = await self._transact(join)
-            while wait > 0:
-                await self._wakeup.sleep(min(wait, self.heartbeat))
-                wait = await self._transact(poll)
-            sent = True
-            return time.monotonic() - started
-        finally:
-            self.waiting -= 1
-            if not sent:
-                # Leave without waiting for it: a cancelled caller must not be held up.
-                # If this fails (or the process dies first), the ticket expires by itself.
-                leaving = asyncio.ensure_future(self._leave(ident))
-                self._leaving.add(leaving)
-                leaving.add_done_callback(self._leaving.discard)
-            self._wakeup.notify()
-
-    async def _leave(self, ident: str) -> None:
-        def leave(state: QueueState, now: float) -> None:
-            fair_queue.leave(state, ident)
-
-        with contextlib.suppress(Exception):
-            await self._transact(leave)
-        self._wakeup.notify()
-
-    async def cool_down(self, seconds: float) -> None:
-        def cool(state: QueueState, now: float) -> None:
-            fair_queue.cool_down(state, now + seconds)
-
-        await self._transact(cool)
-
-    def queue_depth(self) -> int:
-        return self.waiting
 
 
 class MemoryRateLimiter:

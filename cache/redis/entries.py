@@ -21,7 +21,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cache.interfaces import BlobStore, EntryPage, EntryQuery, StoreError, StoreTotals
-from cache.model import Artifact, ArtifactInfo, Entry, EntryMeta, Source, prompt_text
+from cache.model import (
+    Artifact,
+    ArtifactInfo,
+    Entry,
+    EntryMeta,
+    Source,
+    VerifiedDigests,
+    prompt_text,
+)
 from cache.redis.connection import RedisConnection
 from cache.redis.index import RedisIndex
 
@@ -30,7 +38,6 @@ log = logging.getLogger("cache.redis")
 # A read that found the bytes gone because another replica replaced the entry reads the
 # new version; a writer replacing one key in a tight loop can win a few races in a row.
 READ_ATTEMPTS = 10
-MAX_VERIFIED = 200_000
 EVICT_BATCH = 64
 PURGE_BATCH = 500
 
@@ -48,7 +55,7 @@ class RedisEntryStore:
         self.blobs = blobs
         self.size_limit = size_limit
         self.index = RedisIndex(connection)
-        self._verified: set[str] = set()
+        self._verified = VerifiedDigests()
         self._failing_since: float | None = None
 
     def ready_for(self, nbytes: int) -> bool:
@@ -88,22 +95,11 @@ class RedisEntryStore:
         datas = await asyncio.gather(*(self.blobs.get(a.sha256) for a in meta.artifacts))
         artifacts = []
         for info, data in zip(meta.artifacts, datas, strict=True):
-            if data is None or not self._verify(info.sha256, data):
+            artifact = self._verified.artifact(info, data)
+            if artifact is None:
                 return None
-            artifacts.append(
-                Artifact(data, info.seed, info.finish_reason, info.media_type, info.sha256)
-            )
+            artifacts.append(artifact)
         return artifacts
-
-    def _verify(self, sha256: str, data: bytes) -> bool:
-        if sha256 in self._verified:
-            return True
-        if Artifact(data, 0).sha256 != sha256:
-            return False
-        if len(self._verified) >= MAX_VERIFIED:
-            self._verified.clear()
-        self._verified.add(sha256)
-        return True
 
     async def put(
         self,
@@ -149,7 +145,7 @@ class RedisEntryStore:
                 await self.blobs.delete(sha)
             except StoreError:
                 log.debug("could not delete blob %s", sha[:16], exc_info=True)
-            self._verified.discard(sha)
+            self._verified.forget(sha)
 
     async def _drop_unreferenced(self, digests: Sequence[str]) -> None:
         for sha in digests:

@@ -20,18 +20,11 @@ fetch path answers 503 coordination_unavailable), never an uncounted send.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
-from cache import fair_queue
-from cache.fair_queue import QueueState, Rules
-from cache.interfaces import ANONYMOUS, Ticket
-from cache.local.ratelimit import HEARTBEAT_SECONDS, TICKET_TTL_SECONDS, _Wakeup
+from cache.fair_queue import QueueState
+from cache.queued_limiter import HEARTBEAT_SECONDS, TICKET_TTL_SECONDS, QueuedLimiter, Step
 from cache.redis.connection import RedisConnection
 
 # Write the new state only if its version is still the one read.
@@ -44,7 +37,7 @@ return 0
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(QueuedLimiter):
     def __init__(
         self,
         connection: RedisConnection,
@@ -56,20 +49,14 @@ class RedisRateLimiter:
         heartbeat: float = HEARTBEAT_SECONDS,
         ticket_ttl: float = TICKET_TTL_SECONDS,
     ) -> None:
+        super().__init__(limit=limit, period=period, margin=margin, max_wait=max_wait,
+                         heartbeat=heartbeat, ticket_ttl=ticket_ttl)  # fmt: skip
         self.connection = connection
         self.client = connection.client
         self.key = connection.key("ratelimit", "queue")
-        self.rules = Rules(limit, period + margin, max_wait, ticket_ttl)
-        self.heartbeat = heartbeat
-        self.waiting = 0
         self.transactions = 0  # committed changes, by this process
         self.retries = 0  # changes made again because another replica committed first
         self._cas = self.client.register_script(COMPARE_AND_SET)
-        self._wakeup = _Wakeup()
-        self._leaving: set[asyncio.Future[None]] = set()
-        # This process's changes go one at a time, in the order they were asked for, so
-        # two requests of one caller keep their order (and do not conflict with each other).
-        self._turn = asyncio.Lock()
 
     async def _read(self) -> tuple[str, QueueState, float]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -79,74 +66,26 @@ class RedisRateLimiter:
         state = QueueState.from_dict(json.loads(raw) if raw else None)
         return _text(version) if version else "0", state, seconds + micros / 1e6
 
-    async def _transact(self, step: Callable[[QueueState, float], Any]) -> Any:
-        """Apply `step(state, now)` atomically; an exception from it (QueueFull) writes
-        nothing."""
-        async with self._turn:
-            with self.connection.coordination_errors():
-                while True:
-                    version, state, now = await self._read()
-                    result = step(state, now)
-                    written = await self._cas(
-                        keys=[self.key],
-                        args=[version, str(int(version) + 1), json.dumps(state.to_dict())],
-                    )
-                    if written:
-                        self.transactions += 1
-                        return result
-                    self.retries += 1
+    async def _apply(self, step: Step) -> Any:
+        """Read the state and Redis's TIME, apply the step, write it back only if nobody
+        else did meanwhile (else again)."""
+        with self.connection.coordination_errors():
+            while True:
+                version, state, now = await self._read()
+                result = step(state, now)
+                written = await self._cas(
+                    keys=[self.key],
+                    args=[version, str(int(version) + 1), json.dumps(state.to_dict())],
+                )
+                if written:
+                    self.transactions += 1
+                    return result
+                self.retries += 1
 
     async def snapshot(self) -> QueueState:
         with self.connection.coordination_errors():
             _, state, _ = await self._read()
         return state
-
-    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
-        started = time.monotonic()
-        ident = uuid.uuid4().hex
-        rules = self.rules
-
-        def join(state: QueueState, now: float) -> float:
-            return fair_queue.join(state, ident, ticket, now, rules, ticket.arrived)
-
-        def poll(state: QueueState, now: float) -> float:
-            return fair_queue.poll(state, ident, ticket, now, rules)
-
-        self.waiting += 1
-        sent = False
-        try:
-            wait = await self._transact(join)
-            while wait > 0:
-                await self._wakeup.sleep(min(wait, self.heartbeat))
-                wait = await self._transact(poll)
-            sent = True
-            return time.monotonic() - started
-        finally:
-            self.waiting -= 1
-            if not sent:
-                # Leave without waiting for it: a cancelled caller must not be held up.
-                # If this fails (Redis away), the ticket expires by itself.
-                leaving = asyncio.ensure_future(self._leave(ident))
-                self._leaving.add(leaving)
-                leaving.add_done_callback(self._leaving.discard)
-            self._wakeup.notify()
-
-    async def _leave(self, ident: str) -> None:
-        def leave(state: QueueState, now: float) -> None:
-            fair_queue.leave(state, ident)
-
-        with contextlib.suppress(Exception):
-            await self._transact(leave)
-        self._wakeup.notify()
-
-    async def cool_down(self, seconds: float) -> None:
-        def cool(state: QueueState, now: float) -> None:
-            fair_queue.cool_down(state, now + seconds)
-
-        await self._transact(cool)
-
-    def queue_depth(self) -> int:
-        return self.waiting
 
 
 def _text(value: bytes | str) -> str:
