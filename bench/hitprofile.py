@@ -1,6 +1,7 @@
 """Where the gateway's time goes on cache hits: py-spy samples the gateway under wrk load.
 
     python -m bench.hitprofile [--seconds 10] [--accept image/png|application/json] [--gil]
+                               [--cold N]
 
 Not part of `python -m bench` (py-spy is not a project dependency: `pip install py-spy`
 into the same environment). Starts the fake upstream and a gateway, fills the cache with
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from bench import tools
+from bench import tools, wrk
 from bench.context import Context, Options
+from bench.sections import cold
 from bench.servers import UNTHROTTLED, start_gateway
 from bench.upstream import TEXT_TO_IMAGE, hit_body, running_fake, write_bodies
 from tests.fakes import ok
@@ -79,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--accept", default="image/png")
     p.add_argument("--gil", action="store_true", help="only threads holding the GIL (py-spy --gil)")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--cold", type=int, default=0, metavar="N",
+        help="cycle through N cached entries with a 64 MiB memory tier (the cold section)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     paths = tools.ensure_tools([])
     work = WORK / "profile"
@@ -87,17 +93,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(Options(warmup=0), paths, work, fixed, unique)
     out = WORK / f"profile-{args.accept.replace('/', '-')}.txt"
     with running_fake(ok(noisy=True)) as fake:
-        gateway = start_gateway(work, "gateway", fake.url, rate=UNTHROTTLED)
+        settings = {"memory_tier_bytes": cold.MEMORY_TIER} if args.cold else {}
+        gateway = start_gateway(work, "gateway", fake.url, rate=UNTHROTTLED, settings=settings)
         try:
             assert gateway.pid is not None
             headers = {"Content-Type": "application/json", "Accept": args.accept}
             url = f"{gateway.url}{TEXT_TO_IMAGE}"
-            httpx.post(url, content=hit_body(), headers=headers, timeout=120).raise_for_status()
-            load = threading.Thread(
-                target=ctx.wrk,
-                args=(gateway.url, args.accept),
-                kwargs={"duration": 2 + args.seconds},
-            )
+            if args.cold:
+                template = cold.body_template(work)
+                cold.fill(gateway.url, template, args.cold)
+                job = wrk.WrkJob(url=url, body_file=template, accept=args.accept,
+                                 connections=64, threads=2, duration=2 + args.seconds,
+                                 first_seed=cold.FIRST_SEED, cycle=args.cold)  # fmt: skip
+                load = threading.Thread(target=wrk.run, args=(paths["wrk"], job))
+            else:
+                httpx.post(url, content=hit_body(), headers=headers, timeout=120).raise_for_status()
+                load = threading.Thread(
+                    target=ctx.wrk,
+                    args=(gateway.url, args.accept),
+                    kwargs={"duration": 2 + args.seconds},
+                )
             load.start()
             record(gateway.pid, args.seconds, out, args.gil)
             load.join()

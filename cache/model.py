@@ -161,7 +161,8 @@ def prompt_text(summary: Mapping[str, Any]) -> str:
 
 class VerifiedDigests:
     """Image bytes read back from storage, checked against their SHA-256 once per process
-    per digest (content-addressed: the same digest is always the same bytes)."""
+    per digest (content-addressed: the same digest is always the same bytes), and against
+    their recorded length on every read (free, and it catches a truncated file)."""
 
     def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit  # digests remembered (about 20 MB at most)
@@ -170,7 +171,7 @@ class VerifiedDigests:
     def artifact(self, info: ArtifactInfo, data: bytes | None) -> Artifact | None:
         """The artifact of `info` made of `data`, or None if the bytes are missing or
         are not the ones the digest names."""
-        if data is None:
+        if data is None or len(data) != info.bytes:
             return None
         if info.sha256 not in self._seen:
             if hashlib.sha256(data).hexdigest() != info.sha256:
@@ -179,6 +180,10 @@ class VerifiedDigests:
                 self._seen.clear()
             self._seen.add(info.sha256)
         return Artifact(data, info.seed, info.finish_reason, info.media_type, info.sha256)
+
+    def known(self, sha256: str) -> bool:
+        """Whether bytes named `sha256` were already checked (`artifact` will not hash)."""
+        return sha256 in self._seen
 
     def forget(self, sha256: str) -> None:
         self._seen.discard(sha256)

@@ -7,6 +7,7 @@ import errno
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,65 @@ async def test_a_folder_of_the_first_layout_is_brought_over(tmp_path: Path) -> N
     again = LocalEntryStore(tmp_path)  # once only
     assert (await again.totals()).entries == 2
     await again.close()
+
+
+def _count_thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every call LocalEntryStore makes to a worker thread, recorded (and still made)."""
+    import anyio.to_thread
+
+    import cache.local.entries as entries
+
+    calls: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(entries.anyio.to_thread, "run_sync", counted)
+    return calls
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="preadv2 RWF_NOWAIT is Linux's")
+async def test_a_read_waits_for_the_disk_only_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalEntryStore(tmp_path)
+    meta = await store.put("k1", [Artifact(BIG, 7)], {})
+    sha = meta.artifacts[0].sha256
+    hops = _count_thread_hops(monkeypatch)
+
+    # First read in this process: the digest is checked, off the event loop.
+    first = await store.get("k1")
+    assert first is not None and first.artifacts[0].data == BIG and len(hops) == 1
+
+    # Bytes in the page cache, digest known: read on the loop, no thread hop.
+    again = await store.get("k1")
+    assert again is not None and again.artifacts[0].data == BIG and len(hops) == 1
+
+    # Bytes the kernel must fetch from the device: back to a worker thread, same answer.
+    _drop_from_page_cache(store.blobs.files()[0])
+    if isinstance(store.blobs.get_now(sha), bytes):
+        pytest.skip("this file system keeps the file's pages after POSIX_FADV_DONTNEED")
+    _drop_from_page_cache(store.blobs.files()[0])
+    cold = await store.get("k1")
+    assert cold is not None and cold.artifacts[0].data == BIG and len(hops) == 2
+    await store.close()
+
+
+async def test_a_tampered_blob_read_on_the_loop_is_still_refused(tmp_path: Path) -> None:
+    store = LocalEntryStore(tmp_path)
+    await store.put("k1", [Artifact(BIG, 7)], {})
+    assert await store.get("k1") is not None  # digest checked once
+    store.blobs.files()[0].write_bytes(b"garbage")  # a different length: refused on every read
+    assert await store.get("k1") is None and await store.get_meta("k1") is None
+    await store.close()

@@ -135,3 +135,14 @@ async def test_without_gateway_key_the_caller_key_is_forwarded(settings, tmp_pat
     route = respx.post(URL).mock(return_value=httpx.Response(200, json={}))
     await client(keyless, tmp_path).send(REQUEST, {"authorization": "Bearer caller-key"})
     assert route.calls.last.request.headers["authorization"] == "Bearer caller-key"
+
+
+def test_the_upstream_is_read_in_pieces_of_256_kib(settings, tmp_path) -> None:
+    """httpcore's read size is a class attribute (no per-client setting): an httpcore that
+    renames it would silently bring back 64 KiB reads, twice the CPU per 3.5 MB answer."""
+    import httpcore
+
+    from gateway.upstream import UPSTREAM_READ_BYTES
+
+    client(settings, tmp_path)
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == UPSTREAM_READ_BYTES == 256 * 1024

@@ -36,14 +36,14 @@ MEMORY_TIER = 64 * 1024 * 1024  # the gateway's default
 QUICK_MEMORY_TIER = 16 * 1024 * 1024
 
 
-def _body_template(folder: Path) -> Path:
+def body_template(folder: Path) -> Path:
     text = json.dumps(generation_body("A cold harbour at night", SEED_PLACEHOLDER))
     path = folder / "cold.json"
     path.write_bytes(text.replace(f'"{SEED_PLACEHOLDER}"', SEED_PLACEHOLDER).encode())
     return path
 
 
-def _fill(url: str, template: Path, count: int) -> list[str]:
+def fill(url: str, template: Path, count: int) -> list[str]:
     """Each request once, byte for byte as wrk will send it (nginx keys on the raw body)."""
     caches = []
     text = template.read_bytes()
@@ -102,7 +102,7 @@ def run(ctx: Context) -> SectionResult:
     section = SectionResult("cold", f"cold hits: {count} entries, 4x the memory tier")
     folder = ctx.work / "cold"
     folder.mkdir(parents=True, exist_ok=True)
-    body = _body_template(folder)
+    body = body_template(folder)
     how = (f"wrk -t{o.threads} -c{o.connections}, {o.duration:g} s after {o.warmup:g} s, "
            f"cycling through {count} cached requests, Accept: image/png")  # fmt: skip
     fake: FakeStability
@@ -113,7 +113,7 @@ def run(ctx: Context) -> SectionResult:
         )  # fmt: skip
         try:
             ctx.log(f"cold: filling the gateway with {count} entries")
-            filled = _fill(gateway.url, body, count)
+            filled = fill(gateway.url, body, count)
             before = generation_count(fake)
             assert gateway.pid is not None
             g_result, g_cpu = _run(ctx, gateway.url, body, count, gateway.pid, o.duration)
@@ -125,7 +125,7 @@ def run(ctx: Context) -> SectionResult:
         with nginx:
             assert nginx.process is not None
             ctx.log(f"cold: filling nginx with {count} entries")
-            nginx_filled = _fill(nginx.url, body, count)
+            nginx_filled = fill(nginx.url, body, count)
             before = generation_count(fake)
             n_result, n_cpu = _run(ctx, nginx.url, body, count, nginx.process.pid, o.duration)
             n_calls = generation_count(fake) - before

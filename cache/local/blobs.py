@@ -10,6 +10,7 @@ entries are oldest, and keeps its totals right), so this cache never culls on it
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import threading
 from pathlib import Path
@@ -19,6 +20,15 @@ import anyio.to_thread
 import diskcache
 
 from cache.local.errors import store_errors
+
+
+class NotReady(enum.Enum):
+    NOT_READY = "not ready"
+
+
+NOT_READY = NotReady.NOT_READY
+# Linux 4.14+ (preadv2's RWF_NOWAIT); elsewhere every read takes the worker-thread path.
+NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
@@ -74,6 +84,27 @@ class DiskBlobStore:
         with store_errors(self.where):
             value = self.cache.get(sha256)
         return value if isinstance(value, bytes) else None
+
+    def get_now(self, sha256: str) -> bytes | NotReady | None:
+        """The blob if it can be had without waiting for the disk, else NOT_READY: a small
+        blob is in SQLite's row; a file is read with RWF_NOWAIT, which reads only pages
+        already in the page cache and fails instead of waiting for the device. A hit on a
+        blob read recently (the common cold hit) then costs no thread hop; the caller
+        falls back to `get_sync` in a worker thread otherwise. None: no such blob."""
+        if NOWAIT is None:
+            return NOT_READY
+        with store_errors(self.where):
+            value = self.cache.get(sha256, read=True)
+            if value is None or isinstance(value, bytes):
+                return value
+            with value as reader:
+                fd = reader.fileno()
+                buffer = bytearray(os.fstat(fd).st_size)
+                try:
+                    read = os.preadv(fd, [buffer], 0, NOWAIT)
+                except OSError:  # BlockingIOError: not all cached; EOPNOTSUPP: no support
+                    return NOT_READY
+        return bytes(buffer) if read == len(buffer) else NOT_READY
 
     def has_sync(self, sha256: str) -> bool:
         with store_errors(self.where):

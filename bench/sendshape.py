@@ -1,0 +1,147 @@
+"""Does the shape of a hit's send matter? One buffer against slices, PNG against JSON.
+
+    python -m bench.sendshape [--seconds 10] [--connections 64]
+
+Not part of `python -m bench`: it answers one question of the JSON-hit target. A JSON hit
+sends the upstream's base64 (about 1.34 times the PNG's bytes), already built and held by
+the memory tier, as one `http.response.body` message; the alternative is to hand uvicorn
+slices of it (`more_body`), which bounds each write but adds a message, a write and a
+flow-control wait per slice. This serves the same bytes from memory in each shape under
+uvicorn (httptools, one worker, as `stability-gateway serve` runs) with nothing else on the
+path, loads each with wrk -c64, and prints req/s, MB/s and the ratio to the PNG sent as one
+buffer: the JSON/PNG ratio of one buffer is the byte bound this machine gives a hit, measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from bench import tools, wrk
+from bench.upstream import write_bodies
+
+WORK = Path(__file__).resolve().parent / "work" / "sendshape"
+# (path, body, slice size or 0 for one buffer)
+SHAPES = (
+    ("png", "png", 0),
+    ("json", "json", 0),
+    ("json-1m", "json", 1 << 20),
+    ("json-256k", "json", 256 << 10),
+    ("json-64k", "json", 64 << 10),
+)
+
+
+def bodies() -> dict[str, bytes]:
+    """The bench's image (the fake's noisy 1344x768 PNG) and its v1 JSON answer."""
+    from tests.fakes.images import png_bytes
+
+    png = png_bytes(1344, 768, seed=3, noisy=True)
+    text = base64.b64encode(png).decode()
+    answer = {"artifacts": [{"base64": text, "seed": 5, "finishReason": "SUCCESS"}]}
+    return {"png": png, "json": json.dumps(answer).encode()}
+
+
+def make_app() -> object:
+    """A raw ASGI app: every shape in SHAPES at /<name>, bodies built once at start."""
+    held = bodies()
+    shapes = {f"/{name}": (held[body], size) for name, body, size in SHAPES}
+    types = {"png": b"image/png", "json": b"application/json"}
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "http"
+        path = str(scope["path"])
+        body, size = shapes[path]
+        kind = types["png" if path == "/png" else "json"]
+        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        if not size:
+            await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+            return
+        view = memoryview(body)
+        for at in range(0, len(body), size):
+            last = at + size >= len(body)
+            piece = bytes(view[at : at + size])
+            await send({"type": "http.response.body", "body": piece, "more_body": not last})  # type: ignore[operator]
+
+    return app
+
+
+def serve(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(make_app(), host="127.0.0.1", port=port, http="httptools", log_level="warning")  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sendshape", description=__doc__)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    wrk_path = tools.ensure_tools([])["wrk"]
+    WORK.mkdir(parents=True, exist_ok=True)
+    body_file, _ = write_bodies(WORK)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.sendshape", "--serve", str(port)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(f"{url}/png", timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        rows = []
+        for name, _body, size in SHAPES:
+            job = wrk.WrkJob(
+                url=f"{url}/{name}", body_file=body_file, accept="*/*",
+                connections=args.connections, threads=2, duration=args.warmup,
+            )  # fmt: skip
+            if args.warmup:
+                wrk.run(wrk_path, job)
+            measured = wrk.run(wrk_path, dataclasses.replace(job, duration=args.seconds))
+            rows.append((name, size, measured))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    base = rows[0][2].rps
+    print(f"{'shape':<10} {'slice':>8} {'req/s':>8} {'MB/s':>8} {'p99 ms':>8} {'/ png':>6} failed")
+    for name, size, r in rows:
+        mbps = r.bytes / r.duration_s / 1e6
+        slice_text = f"{size >> 10} KiB" if size else "one"
+        print(
+            f"{name:<10} {slice_text:>8} {r.rps:8.1f} {mbps:8.0f} {r.latency_ms['p99']:8.1f}"
+            f" {r.rps / base:6.2f} {r.failed}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
