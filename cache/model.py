@@ -13,6 +13,8 @@ replicas) compares versions, never timestamps.
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -96,6 +98,29 @@ class EntryMeta:
     expires_at: float | None = None
     hits: int = 0
     last_hit_at: float | None = None
+
+    @classmethod
+    def fresh(
+        cls,
+        key: str,
+        artifacts: Sequence[Artifact],
+        summary: Mapping[str, Any],
+        *,
+        source: Source,
+        ttl: float | None,
+    ) -> EntryMeta:
+        """The metadata of a new version of `key`, created now (what every store's put
+        writes: a new version token, so a held copy of the old one is never served)."""
+        now = time.time()
+        return cls(
+            key=key,
+            version=uuid.uuid4().hex,
+            created_at=now,
+            expires_at=now + ttl if ttl else None,
+            artifacts=tuple(ArtifactInfo.of(a) for a in artifacts),
+            summary=dict(summary),
+            source=source,
+        )
 
     @property
     def route(self) -> str:

@@ -14,7 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes import FakeStability, GatewayProcess, encode_multipart, gateway_env, reply
+from tests.fakes import (
+    FakeStability,
+    GatewayProcess,
+    encode_multipart,
+    reply,
+    start_on,
+)
 from tests.fakes.raw_http import exchange, request_bytes
 from tests.fakes.stability import audio_clip, glb_model
 
@@ -36,10 +42,7 @@ def _reset(fake: FakeStability) -> None:
 
 
 def start_gateway(tmp: Path, fake: FakeStability, **env: Any) -> GatewayProcess:
-    settings = gateway_env(
-        tmp / "cache", upstream_url=fake.url, backoff_initial=0.05, backoff_jitter=0, **env
-    )
-    return GatewayProcess(settings, log_dir=tmp).start()
+    return start_on(tmp, fake.url, **env)
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from tests.fakes import (
     accepted,
     corrupt_pixels,
     encode_multipart,
-    gateway_env,
     image_size,
     png_bytes,
+    start_on,
     wrong_size,
 )
 from tests.fakes.multipart import Part
@@ -57,10 +57,7 @@ def _reset(fake: FakeStability) -> None:
 
 
 def start_gateway(tmp: Path, fake: FakeStability, **env: Any) -> GatewayProcess:
-    settings = gateway_env(
-        tmp / "cache", upstream_url=fake.url, backoff_initial=0.05, backoff_jitter=0, **env
-    )
-    return GatewayProcess(settings, log_dir=tmp).start()
+    return start_on(tmp, fake.url, **env)
 
 
 @pytest.fixture(scope="module")

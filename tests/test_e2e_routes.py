@@ -27,12 +27,12 @@ from tests.fakes import (
     accepted,
     encode_multipart,
     error,
-    gateway_env,
     image_size,
     key_hash,
     ok,
     open_image,
     png_bytes,
+    start_on,
 )
 from tests.fakes.multipart import Part
 from tests.fakes.stability import UPSCALE_4K_SIDE
@@ -111,10 +111,7 @@ def _reset(fake: FakeStability) -> None:
 
 
 def start_gateway(tmp: Path, fake: FakeStability, **env: Any) -> GatewayProcess:
-    settings = gateway_env(
-        tmp / "cache", upstream_url=fake.url, backoff_initial=0.05, backoff_jitter=0, **env
-    )
-    return GatewayProcess(settings, log_dir=tmp).start()
+    return start_on(tmp, fake.url, **env)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +34,6 @@ from cache.local.index import Index
 from cache.local.legacy import migrate
 from cache.model import (
     Artifact,
-    ArtifactInfo,
     Entry,
     EntryMeta,
     Source,
@@ -163,16 +161,7 @@ class LocalEntryStore:
         source: Source,
         ttl: float | None,
     ) -> EntryMeta:
-        now = time.time()
-        meta = EntryMeta(
-            key=key,
-            version=uuid.uuid4().hex,
-            created_at=now,
-            expires_at=now + ttl if ttl else None,
-            artifacts=tuple(ArtifactInfo.of(a) for a in artifacts),
-            summary=dict(summary),
-            source=source,
-        )
+        meta = EntryMeta.fresh(key, artifacts, summary, source=source, ttl=ttl)
         written: list[str] = []
         try:
             for artifact in artifacts:

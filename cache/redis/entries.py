@@ -16,14 +16,12 @@ import asyncio
 import builtins
 import logging
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cache.interfaces import BlobStore, EntryPage, EntryQuery, StoreError, StoreTotals
 from cache.model import (
     Artifact,
-    ArtifactInfo,
     Entry,
     EntryMeta,
     Source,
@@ -110,16 +108,7 @@ class RedisEntryStore:
         source: Source = "upstream",
         ttl: float | None = None,
     ) -> EntryMeta:
-        now = time.time()
-        meta = EntryMeta(
-            key=key,
-            version=uuid.uuid4().hex,
-            created_at=now,
-            expires_at=now + ttl if ttl else None,
-            artifacts=tuple(ArtifactInfo.of(a) for a in artifacts),
-            summary=dict(summary),
-            source=source,
-        )
+        meta = EntryMeta.fresh(key, artifacts, summary, source=source, ttl=ttl)
         written: list[str] = []
         try:
             for artifact in artifacts:

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from tests.fakes.gateway_process import GatewayProcess, GatewayStartError, gateway_env
+from tests.fakes.gateway_process import GatewayProcess, GatewayStartError, gateway_env, start_on
 from tests.fakes.images import image_bytes, image_size, open_image, png_bytes
 from tests.fakes.multipart import encode_multipart
 
@@ -69,6 +69,7 @@ __all__ = [
     "png_bytes",
     "reply",
     "reset_mid_body",
+    "start_on",
     "status_body",
     "truncated_json",
     "wrong_size",

@@ -56,6 +56,15 @@ def gateway_env(
     return {key: str(value) for key, value in named.items() if value is not None}
 
 
+def start_on(folder: Path, upstream_url: str, **env: object) -> GatewayProcess:
+    """A started gateway in front of `upstream_url` (a fake), retrying fast (50 ms backoff,
+    no jitter), its cache and log under `folder`; `env` as for gateway_env."""
+    settings = gateway_env(
+        folder / "cache", upstream_url=upstream_url, backoff_initial=0.05, backoff_jitter=0, **env
+    )
+    return GatewayProcess(settings, log_dir=folder).start()
+
+
 class GatewayProcess:
     """`python -m gateway serve --host 127.0.0.1 --port N` in a subprocess.
 
