@@ -13,6 +13,7 @@ import pytest
 
 from cache.interfaces import EntryQuery, StoreError
 from cache.local import LocalEntryStore
+from cache.local.blobs import NOT_READY
 from cache.model import Artifact
 from gateway.backends import BackendError, open_backends
 from gateway.config import Settings
@@ -203,4 +204,25 @@ async def test_a_tampered_blob_read_on_the_loop_is_still_refused(tmp_path: Path)
     assert await store.get("k1") is not None  # digest checked once
     store.blobs.files()[0].write_bytes(b"garbage")  # a different length: refused on every read
     assert await store.get("k1") is None and await store.get_meta("k1") is None
+    await store.close()
+
+
+async def test_a_file_system_without_nowait_reads_is_asked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalEntryStore(tmp_path)
+    meta = await store.put("k1", [Artifact(BIG, 7)], {})
+    assert await store.get("k1") is not None  # digest checked once
+    attempts = []
+
+    def unsupported(*args: Any) -> int:
+        attempts.append(args)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "preadv", unsupported)
+    for _ in range(3):  # every read still answers, through the worker thread
+        entry = await store.get("k1")
+        assert entry is not None and entry.artifacts[0].data == BIG
+    assert len(attempts) == 1
+    assert store.blobs.get_now(meta.artifacts[0].sha256) is NOT_READY and len(attempts) == 1
     await store.close()

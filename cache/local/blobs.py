@@ -57,6 +57,7 @@ class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
 class DiskBlobStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.where = str(directory)
+        self._nowait = NOWAIT
         with store_errors(self.where):
             self.cache = diskcache.Cache(
                 str(directory), disk=_TidyDisk, eviction_policy="none", size_limit=2**62
@@ -91,7 +92,7 @@ class DiskBlobStore:
         already in the page cache and fails instead of waiting for the device. A hit on a
         blob read recently (the common cold hit) then costs no thread hop; the caller
         falls back to `get_sync` in a worker thread otherwise. None: no such blob."""
-        if NOWAIT is None:
+        if self._nowait is None:
             return NOT_READY
         with store_errors(self.where):
             value = self.cache.get(sha256, read=True)
@@ -101,8 +102,11 @@ class DiskBlobStore:
                 fd = reader.fileno()
                 buffer = bytearray(os.fstat(fd).st_size)
                 try:
-                    read = os.preadv(fd, [buffer], 0, NOWAIT)
-                except OSError:  # BlockingIOError: not all cached; EOPNOTSUPP: no support
+                    read = os.preadv(fd, [buffer], 0, self._nowait)
+                except BlockingIOError:  # some of it is not in the page cache
+                    return NOT_READY
+                except OSError:  # EOPNOTSUPP, EINVAL: this file system cannot; stop trying
+                    self._nowait = None
                     return NOT_READY
         return bytes(buffer) if read == len(buffer) else NOT_READY
 
