@@ -68,6 +68,10 @@ def value_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.val"))
 
 
+def entries(gateway: GatewayProcess) -> int:
+    return int(httpx.get(gateway.url + "/cache/stats", timeout=10).json()["entries"])
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeStability]:
     with FakeStability() as server:
@@ -84,17 +88,25 @@ def test_a_full_disk_answers_paid_images_uncached_and_recovers(
             fake.default = ok(noisy=True)  # 2.6 MB images
             stored = post(gateway, "stored before the disk filled")
             assert stored.headers["x-cache"] == "MISS"
+            # The answer goes out before the store: wait until the entry is in.
+            wait_for(lambda: entries(gateway) == 1)
             blobs_before = value_files(cache / "blobs")
+            assert len(blobs_before) == 1
             filler = fill(disk, leave=512 * 1024)  # less than one image
 
             paid = post(gateway, "paid while the disk is full")
             assert paid.status_code == 200 and paid.headers["x-cache"] == "MISS"
             assert "not cached" in paid.headers["warning"]
             assert len(paid.json()["artifacts"][0]["base64"]) > 3_000_000  # the image itself
-            assert value_files(cache / "blobs") == blobs_before  # no orphan blob
-            errors = [line for line in gateway.logs().splitlines()
-                      if "ERROR" in line and "could not store" in line]  # fmt: skip
+
+            def store_errors() -> list[str]:
+                return [line for line in gateway.logs().splitlines()
+                        if "ERROR" in line and "could not store" in line]  # fmt: skip
+
+            wait_for(lambda: len(store_errors()) >= 1)  # the store is tried after the answer
+            errors = store_errors()
             assert len(errors) == 1 and str(cache) in errors[0]
+            assert value_files(cache / "blobs") == blobs_before  # no orphan blob
             # Its lease was released: the same request again goes straight to the upstream.
             calls = len(fake.generation_calls())
             started = time.monotonic()
