@@ -21,6 +21,7 @@ and dropped before the next attempt.
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import logging
 import math
 import time
@@ -179,6 +180,14 @@ def read_in_bigger_pieces() -> None:
         connection.READ_NUM_BYTES = max(current, UPSTREAM_READ_BYTES)
 
 
+def refusing_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing. httpx's client keeps every cookie an answer sets and
+    sends it with every later request: here that would carry a cookie Stability (or its
+    CDN) set on one caller's call into every other caller's calls. Callers' own cookies
+    are not forwarded either (`headers_for`)."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -199,6 +208,7 @@ class UpstreamClient:
         read_in_bigger_pieces()
         self.http = httpx.AsyncClient(
             base_url=settings.gateway.upstream_url,
+            cookies=refusing_cookies(),
             transport=transport,
             timeout=httpx.Timeout(t.read_seconds, connect=t.connect_seconds),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),

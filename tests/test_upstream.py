@@ -146,3 +146,18 @@ def test_the_upstream_is_read_in_pieces_of_256_kib(settings, tmp_path) -> None:
 
     client(settings, tmp_path)
     assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == UPSTREAM_READ_BYTES == 256 * 1024
+
+
+@pytest.mark.anyio
+@respx.mock
+async def test_cookies_the_upstream_sets_are_never_sent_back(settings, tmp_path) -> None:
+    """One caller's call must not carry state (a CDN's cookie, say) into the next one's."""
+    route = respx.post(URL).mock(
+        return_value=httpx.Response(
+            200, json={}, headers={"set-cookie": "__cf_bm=abc; Path=/; Domain=upstream.test"}
+        )
+    )
+    upstream = client(settings, tmp_path)
+    await upstream.send(REQUEST, {"authorization": "Bearer one"})
+    await upstream.send(REQUEST, {"authorization": "Bearer two"})
+    assert route.call_count == 2 and "cookie" not in route.calls.last.request.headers
