@@ -179,12 +179,6 @@ def no_key_leaks() -> Iterator[None]:
         assert_no_key(json.dumps(list(response.headers.multi_items())), "response headers")
 
 
-@pytest.fixture(scope="module")
-def shared_fake() -> Iterator[FakeStability]:
-    with FakeStability() as fake:
-        yield fake
-
-
 @pytest.fixture
 def upstream(shared_fake: FakeStability) -> FakeStability:
     shared_fake.reset()
@@ -266,6 +260,20 @@ def test_429_429_200_retries_with_backoff_and_warnings(
     assert len(retries) == 2, log
     assert post(gateway, body(prompt)).headers["x-cache"] == "HIT"
     assert len(upstream.generation_calls()) == 3
+
+
+def test_a_cookie_the_upstream_sets_is_never_sent_back(
+    upstream: FakeStability, gateway: GatewayProcess, prompt: str
+) -> None:
+    """A CDN's cookie on one caller's answer must not ride on the retry, nor on anybody
+    else's call: the gateway keeps no upstream cookie."""
+    cookie = {"Set-Cookie": "__cf_bm=one-callers-session; Path=/"}
+    upstream.script(error(503, "service_unavailable", headers=cookie), ok())
+    assert post(gateway, body(prompt)).status_code == 200
+    other = post(gateway, body(prompt + " another caller"), headers={"Authorization": "Bearer x"})
+    assert other.status_code == 200
+    calls = upstream.generation_calls()
+    assert len(calls) == 3 and all("cookie" not in call.headers for call in calls)
 
 
 def test_retry_after_is_honoured(
