@@ -1,5 +1,5 @@
-"""Shared fixtures: settings on a temporary cache folder, the anyio backend, a Redis server
-and an S3 stand-in."""
+"""Shared fixtures: settings on a temporary cache folder, the anyio backend, the fake
+Stability (one per module, reset for each test), a Redis server and an S3 stand-in."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
+from tests.fakes import FakeStability
 from tests.fakes.gateway_process import free_port
 from tests.fakes.redis_server import RedisServer
 
@@ -29,6 +30,21 @@ def settings(tmp_path: Path) -> Settings:
         retry={"backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.05, "jitter_seconds": 0},
         rate_limit={"cooldown_seconds": 0.05, "margin_seconds": 0},
     )
+
+
+@pytest.fixture(scope="module")
+def shared_fake() -> Iterator[FakeStability]:
+    """One fake Stability on loopback per test module (module-scoped gateways use it)."""
+    with FakeStability() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(shared_fake: FakeStability) -> FakeStability:
+    """The module's fake, reset: no calls, no scripted behaviour left from another test.
+    Modules that need a fake of their own define `fake` themselves."""
+    shared_fake.reset()
+    return shared_fake
 
 
 @pytest.fixture(scope="session")

@@ -51,18 +51,6 @@ def start_gateway(fake: FakeStability, tmp: Path, **settings: Any) -> GatewayPro
 
 
 @pytest.fixture(scope="module")
-def shared_fake() -> Iterator[FakeStability]:
-    with FakeStability() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(shared_fake: FakeStability) -> FakeStability:
-    shared_fake.reset()
-    return shared_fake
-
-
-@pytest.fixture(scope="module")
 def gateway(
     shared_fake: FakeStability, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
