@@ -68,7 +68,7 @@ LIVE_STEPS = (
 )
 
 
-def live(seconds: float, noisy: bool) -> None:
+def live(seconds: float, noisy: bool, gil: bool = False) -> None:
     import subprocess
     from collections import Counter
     from pathlib import Path
@@ -103,7 +103,7 @@ def live(seconds: float, noisy: bool) -> None:
             loader.start()
             time.sleep(2)  # warm up
             first, cpu = sent[0], sum(procstat.cpu_seconds(gateway.pid))
-            record(gateway.pid, seconds, out, gil=False)
+            record(gateway.pid, seconds, out, gil=gil)
             misses, cpu = sent[0] - first, sum(procstat.cpu_seconds(gateway.pid)) - cpu
         finally:
             stop[0] = True
@@ -124,7 +124,10 @@ def live(seconds: float, noisy: bool) -> None:
     per_miss = 1000 * cpu / misses
     print(f"{misses} misses in {seconds:g} s, one at a time; gateway CPU {per_miss:.2f} ms per "
           f"miss ({'2.6 MB' if noisy else 'small'} image); {total} busy samples")  # fmt: skip
-    print("(py-spy counts a thread waiting for the GIL as busy; shares are of all samples)")
+    if gil:
+        print("(only samples of the thread holding the GIL; shares are of those samples)")
+    else:
+        print("(py-spy counts a thread waiting for the GIL as busy; shares are of all samples)")
     width = max(len(step) for step, _ in LIVE_STEPS)
     for step, names in LIVE_STEPS:
         samples = max(inclusive[name] for name in names) if len(names) == 1 else sum(
@@ -140,9 +143,10 @@ def main() -> None:
     parser.add_argument("--live", action="store_true", help="profile the running gateway")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--small", action="store_true", help="--live with the small image")
+    parser.add_argument("--gil", action="store_true", help="--live: only the GIL holder's samples")
     args = parser.parse_args()
     if args.live:
-        live(args.seconds, noisy=not args.small)
+        live(args.seconds, noisy=not args.small, gil=args.gil)
         return
     repeats = args.repeats
     png = png_bytes(1344, 768, seed=3, noisy=True)

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cache.interfaces import CoordinationError, Coordinator
 from gateway.errors import GatewayError, RateLimited
 
+SECONDS_PER_DAY = 86_400
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 NOT_SENT = "not_sent"  # an attempt that never reached the upstream (connection refused...)
 
 
@@ -41,8 +45,15 @@ def price_of(prices: Mapping[str, float], route: str, engine: str) -> float:
 
 
 def today(now: float | None = None) -> str:
-    moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
-    return moment.strftime("%Y-%m-%d")
+    """The UTC date of `now` (default: now), as the ledger and the budget name days."""
+    return _day_name(int((time.time() if now is None else now) // SECONDS_PER_DAY))
+
+
+@functools.lru_cache(maxsize=16)
+def _day_name(day: int) -> str:
+    # POSIX time has exactly 86,400 s per day, so a day's number names it; formatting a
+    # date was ~5 us of every hit (each counts the credits it saved under today's date).
+    return (EPOCH + dt.timedelta(days=day)).strftime("%Y-%m-%d")
 
 
 def seconds_to_midnight(now: float | None = None) -> float:

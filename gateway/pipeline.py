@@ -38,6 +38,7 @@ from gateway.http import access
 from gateway.http.disconnect import ClientGone, unless_disconnected
 from gateway.http.forward import forward
 from gateway.metrics import Metrics
+from gateway.parse_memo import ParseMemo
 from gateway.policy import Action, Controls, Decision, decide
 from gateway.stats import variant_key
 
@@ -80,11 +81,12 @@ class Pipeline:
         self.metrics = metrics
         self.fetcher = fetcher  # None in offline and replay modes: no upstream
         self._turns: dict[str, int] = {}  # variants: whose turn it is next, per key
+        self.memo = ParseMemo()  # a repeated request (a hit, mostly) is not parsed again
 
     async def handle(self, request: Request, route: RouteSpec) -> Response:
         caller = caller_of(request.scope)
         try:
-            generation = await route.parse(request)
+            generation = await self.memo.parse(route, request)
             controls = Controls.from_headers(
                 request.headers,
                 allow_cached_default=self.settings.cache.allow_cached_default,

@@ -35,3 +35,36 @@ def test_configure_logging_redacts_and_is_idempotent(capsys) -> None:  # type: i
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_stability_gateway", False)]:
         root.removeHandler(handler)
+
+
+def test_access_fields_are_redacted_when_only_a_field_holds_the_secret() -> None:
+    # The filter looks at the message and every access field together first, and only
+    # redacts when that look finds something: a secret in a field alone must still go.
+    redact = RedactSecrets(["sk-SECRET-123"])
+    r = record("POST %s", "/v1/x")
+    r.__dict__.update(path="/v1/x?key=sk-SECRET-123", reason="Bearer tok.en", route="v1/x")
+    assert redact.filter(r)
+    assert r.__dict__["path"] == "/v1/x?key=***"
+    assert r.__dict__["reason"] == "Bearer ***"
+    assert r.__dict__["route"] == "v1/x" and r.getMessage() == "POST /v1/x"
+
+
+def test_a_clean_access_record_is_left_as_it_was() -> None:
+    redact = RedactSecrets(["sk-SECRET-123"])
+    r = record("POST %s %d", "/v1/x", 200)
+    fields = {"path": "/v1/x", "cache": "HIT", "key": "ab" * 32, "caller": "dev"}
+    r.__dict__.update(fields)
+    assert redact.filter(r)
+    assert r.args == ("/v1/x", 200)
+    assert {name: r.__dict__[name] for name in fields} == fields
+
+
+def test_a_bearer_split_across_fields_is_not_missed_nor_invented() -> None:
+    # Joined for the first look, "...bearer" at the end of one field and the next field
+    # read as a token: that look says dirty, and each field is then redacted on its own.
+    redact = RedactSecrets([])
+    r = record("saw a bearer")
+    r.__dict__.update(path="/v1/bearer", reason="token-like")
+    assert redact.filter(r)
+    assert r.getMessage() == "saw a bearer"
+    assert r.__dict__["path"] == "/v1/bearer" and r.__dict__["reason"] == "token-like"

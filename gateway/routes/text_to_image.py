@@ -51,6 +51,8 @@ def fill_defaults(
 
 class TextToImage:
     v2 = False
+    # The only header `parse` reads (gateway.parse_memo); a test checks that this holds.
+    memo_headers = ("accept",)
 
     def __init__(self, defaults: Mapping[str, Mapping[str, Any]]) -> None:
         self.defaults = defaults
