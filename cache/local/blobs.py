@@ -20,6 +20,7 @@ import anyio.to_thread
 import diskcache
 
 from cache.local.errors import store_errors
+from cache.local.nowait import NOWAIT, read_whole
 
 
 class NotReady(enum.Enum):
@@ -27,8 +28,7 @@ class NotReady(enum.Enum):
 
 
 NOT_READY = NotReady.NOT_READY
-# Linux 4.14+ (preadv2's RWF_NOWAIT); elsewhere every read takes the worker-thread path.
-NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+# NOWAIT: Linux 4.14+ (preadv2's RWF_NOWAIT); elsewhere every read takes the worker thread.
 
 
 class _TidyDisk(diskcache.Disk):  # type: ignore[misc]
@@ -100,15 +100,14 @@ class DiskBlobStore:
                 return value
             with value as reader:
                 fd = reader.fileno()
-                buffer = bytearray(os.fstat(fd).st_size)
                 try:
-                    read = os.preadv(fd, [buffer], 0, self._nowait)
+                    data = read_whole(fd, os.fstat(fd).st_size, self._nowait)
                 except BlockingIOError:  # some of it is not in the page cache
                     return NOT_READY
                 except OSError:  # EOPNOTSUPP, EINVAL: this file system cannot; stop trying
                     self._nowait = None
                     return NOT_READY
-        return bytes(buffer) if read == len(buffer) else NOT_READY
+        return NOT_READY if data is None else data
 
     def has_sync(self, sha256: str) -> bool:
         with store_errors(self.where):
