@@ -106,6 +106,7 @@ def test_the_image_command_runs_with_workers_from_the_environment_and_warns_offl
            "STABILITY_GATEWAY_WORKERS": "2", "STABILITY_GATEWAY_MAX_HEADERS": "20"}  # fmt: skip
     command = [sys.executable, "-m", "gateway", "serve", *args]
     with GatewayProcess(env, command=command, log_dir=tmp_path, cwd=tmp_path) as gateway:
+        gateway.wait_for_workers(2)  # /healthz answers once the first one is up
         assert httpx.post(gateway.url + PATH, json={"text_prompts": [{"text": "d"}]},
                           timeout=60).headers["x-cache"] == "OFFLINE"  # fmt: skip
         # The server limits reach the worker processes too.

@@ -97,11 +97,7 @@ def start(tmp_path: Path, fake: FakeStability, *, workers: int = 1, config: str 
         extra_args=["--workers", str(workers)] if workers > 1 else [],
         log_dir=folder,
     ).start(timeout=30)
-    if workers > 1:
-        deadline = time.monotonic() + 20
-        while process.logs().count("Application startup complete.") < workers:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    process.wait_for_workers(workers)
     return process
 
 

@@ -149,14 +149,6 @@ def gaps(calls: Sequence[Call]) -> list[float]:
     return [b.t - a.t for a, b in itertools.pairwise(calls)]
 
 
-def wait_for_workers(gateway: GatewayProcess, workers: int, timeout: float = 20) -> None:
-    """/healthz answers as soon as one worker is up; wait until every worker has started."""
-    deadline = time.monotonic() + timeout
-    while gateway.logs().count("Application startup complete.") < workers:
-        assert time.monotonic() < deadline, f"workers did not start:\n{gateway.logs()}"
-        time.sleep(0.05)
-
-
 def assert_no_key(text: str | bytes, where: str) -> None:
     raw = text.encode() if isinstance(text, str) else text
     # The whole key, and its random tail in case something printed a truncated or split key.
@@ -231,7 +223,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         GATEWAYS.append(process)
         process.start()
         if workers > 1:
-            wait_for_workers(process, workers)
+            process.wait_for_workers(workers)
         return process
 
     yield start

@@ -101,6 +101,7 @@ class GatewayProcess:
         self.log_path = Path(log_dir) / "gateway.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._log_start = 0
 
     @property
     def url(self) -> str:
@@ -121,6 +122,7 @@ class GatewayProcess:
         if self._process is not None:
             raise RuntimeError("GatewayProcess already started")
         self._log_file = self.log_path.open("ab")
+        self._log_start = len(self.logs())
         self._process = subprocess.Popen(
             self.args,
             cwd=self.cwd,
@@ -145,6 +147,17 @@ class GatewayProcess:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)
+
+    def wait_for_workers(self, workers: int, timeout: float = 20.0) -> Self:
+        """/healthz answers as soon as one worker is up; wait until `workers` have started
+        since this process was last started (the log file is shared across restarts)."""
+        deadline = time.monotonic() + timeout
+        while self.logs()[self._log_start :].count("Application startup complete.") < workers:
+            if time.monotonic() > deadline:
+                what = f"had not started {workers} workers after {timeout:g} s"
+                raise GatewayStartError(self._failure(what))
+            time.sleep(0.05)
+        return self
 
     def stop(self) -> int | None:
         """SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit code (None if not running)."""
