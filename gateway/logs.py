@@ -84,6 +84,11 @@ def configure_logging(level: str, secrets: list[str], *, json_lines: bool = Fals
     handler.addFilter(RedactSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every upstream call at INFO ("HTTP Request: POST ... 200 OK"), which the
+    # access line (upstream status, attempts) and the retry WARNINGs already say; below
+    # DEBUG it is noise, and a formatted line on every miss. At DEBUG it is kept.
+    quiet = root.getEffectiveLevel() > logging.DEBUG
+    logging.getLogger("httpx").setLevel(logging.WARNING if quiet else logging.NOTSET)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         for h in logging.getLogger(name).handlers:
             h.addFilter(RedactSecrets(secrets))

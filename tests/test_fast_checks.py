@@ -13,9 +13,10 @@ import zlib
 import pytest
 from PIL import Image
 
+from gateway import png
 from gateway.errors import UpstreamError
 from gateway.images import check_image
-from gateway.png import BadPng, check_pixels
+from gateway.png import PIECE, BadPng, check_pixels
 from gateway.routes import answers
 from tests.fakes.images import png_bytes
 from tests.fakes.stability import undecodable_png
@@ -77,6 +78,43 @@ def test_pixel_data_of_the_wrong_length_or_with_a_bad_filter_is_refused() -> Non
         Image.open(io.BytesIO(png_from_raw(width, height, row + b"\x07" + row[1:] + row))).load()
     # Pillow quietly accepts pixel data a row short (a partial image); this does not.
     Image.open(io.BytesIO(png_from_raw(width, height, row * (height - 1)))).load()
+
+
+def test_pixel_data_far_larger_than_its_chunk_is_checked_piece_by_piece() -> None:
+    """A solid image's one small IDAT inflates to megabytes, checked in pieces whose
+    boundaries fall mid-row: every row's filter byte is still seen, in any piece."""
+    width, height = 1344, 768
+    row = b"\x00" + b"\x7f" * (3 * width)
+    whole = png_from_raw(width, height, row * height)
+    assert len(whole) < 20_000 and len(row) * height > 11 * PIECE
+    assert check_pixels(whole) == (width, height) == Image.open(io.BytesIO(whole)).size
+    assert check_pixels(png_bytes(width, height, seed=2)) == (width, height)
+    for bad_row in (1, PIECE // len(row) + 1, height - 1):  # in the first, a middle, the last piece
+        raw = row * bad_row + b"\x05" + row[1:] + row * (height - bad_row - 1)
+        with pytest.raises(BadPng, match="filter"):
+            check_pixels(png_from_raw(width, height, raw))
+    with pytest.raises(BadPng, match="holds 3093311 bytes, 3097344 expected"):  # a row short
+        check_pixels(png_from_raw(width, height, row * (height - 1)))
+
+
+def test_pixel_data_that_inflates_too_far_is_refused_without_inflating_it_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """40 MB of rows from a 40 KB chunk, for a 4x3 image: refused at the first piece."""
+    bomb = png_from_raw(4, 3, b"\x00" * 40_000_000)
+    assert len(bomb) < 60_000
+    inflated: list[int] = []
+    real = png._inflated
+
+    def counting(inflater, chunks):  # type: ignore[no-untyped-def]
+        for piece in real(inflater, chunks):
+            inflated.append(len(piece))
+            yield piece
+
+    monkeypatch.setattr(png, "_inflated", counting)
+    with pytest.raises(BadPng, match="more than the 39 bytes"):
+        check_pixels(bomb)
+    assert 0 < sum(inflated) <= PIECE
 
 
 def test_kinds_it_does_not_check_are_left_to_pillow() -> None:

@@ -37,6 +37,23 @@ def test_configure_logging_redacts_and_is_idempotent(capsys) -> None:  # type: i
         root.removeHandler(handler)
 
 
+def test_httpxs_line_per_upstream_call_shows_only_at_debug(capsys) -> None:  # type: ignore[no-untyped-def]
+    try:
+        for level, shown in (("info", False), ("warning", False), ("debug", True)):
+            configure_logging(level, [])
+            logging.getLogger("httpx").info('HTTP Request: POST http://u/ "HTTP/1.1 200 OK"')
+            logging.getLogger("httpx").warning("a warning from httpx")
+            err = capsys.readouterr().err
+            assert ("HTTP Request" in err) is shown, level
+            assert "a warning from httpx" in err
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_stability_gateway", False)]:
+            root.removeHandler(handler)
+        root.setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
+
+
 def test_access_fields_are_redacted_when_only_a_field_holds_the_secret() -> None:
     # The filter looks at the message and every access field together first, and only
     # redacts when that look finds something: a secret in a field alone must still go.
