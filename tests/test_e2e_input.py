@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from tests.fakes import (
     image_size,
     png_bytes,
     start_on,
+    status_body,
     wrong_size,
 )
 from tests.fakes.multipart import Part
@@ -171,6 +174,36 @@ def test_a_png_that_does_not_decode_is_a_502_and_not_cached(
     assert (good.status_code, good.headers["x-cache"]) == (200, "MISS")
     assert ask().headers["x-cache"] == "HIT"
     assert len(fake.generation_calls()) == 2
+
+
+def test_pixel_data_that_inflates_past_the_image_is_a_502_and_not_cached(
+    client: httpx.Client, fake: FakeStability
+) -> None:
+    """A 512x512 PNG whose one small IDAT inflates to 40 MB of rows (about 50 times the
+    image): refused as soon as the rows run past the image, never stored."""
+    width = height = 512
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 40_000_000)
+    bomb = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows)
+            + png_chunk(b"IEND", b""))  # fmt: skip
+    answer = {"artifacts": [{"base64": base64.b64encode(bomb).decode(), "seed": 13,
+                             "finishReason": "SUCCESS"}]}  # fmt: skip
+    fake.script(status_body(200, json.dumps(answer).encode(), "application/json"))
+    ask = {"text_prompts": [{"text": "a bomb"}], "seed": 13}
+    broken = client.post(T2I, json=ask)
+    assert broken.status_code == 502, broken.text
+    assert set(broken.json()) == {"id", "name", "message"}
+    assert broken.json()["name"] == "bad_upstream_response"
+    assert "more than" in broken.json()["message"], broken.text
+    assert broken.headers["x-cache"] == "MISS"
+    good = client.post(T2I, json=ask)  # nothing was stored: asked again, and fine this time
+    assert (good.status_code, good.headers["x-cache"]) == (200, "MISS")
+    assert client.post(T2I, json=ask).headers["x-cache"] == "HIT"
+    assert len(fake.generation_calls()) == 2
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 # --- 13: every v2beta edit and upscale answer has the documented size --------------------
