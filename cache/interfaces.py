@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from cache.model import Artifact, Entry, EntryMeta, Source
+from cache.model import Artifact, Entry, EntryMeta, ImageFile, Source
 
 Priority = Literal["interactive", "batch"]
 
@@ -162,6 +162,12 @@ class EntryStore(Protocol):
         ...
 
     async def get_meta(self, key: str) -> EntryMeta | None: ...
+
+    async def open_image(self, key: str) -> ImageFile | None:
+        """The entry of one image as an open file of it, when that costs no read and no
+        wait: its bytes are in a file of their own, already checked in this process. None
+        otherwise (`get` then reads it). A store whose images are not files says None."""
+        ...
 
     async def put(
         self,

@@ -1,9 +1,11 @@
 """A bounded in-memory tier of hot entries, in front of any EntryStore.
 
-uvicorn has no sendfile, so every hit served from disk (or Redis, or S3) costs a read;
-hot images are better answered from memory. The tier is an LRU bounded by bytes: the
-images, room for one base64 rendering of each (the gateway keeps a JSON answer ready for
-entries held here), and the entry's metadata.
+A hit on an entry not held here costs a read of its images (from the cache folder, Redis or
+S3), except an answer that is the image itself from the cache folder: the server sends that
+from the blob's file (gateway.http.zerocopy, `get_image`). Hot entries are better answered
+from memory. The tier is an LRU bounded by bytes: the images, room for one base64
+rendering of each (the gateway keeps a JSON answer ready for entries held here), and the
+entry's metadata.
 
 Each worker process (and each replica) has its own tier, while another one may delete or
 replace an entry in the shared store. So a memory copy is served only while the store
@@ -21,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cache.interfaces import EntryPage, EntryQuery, EntryStore, StoreTotals
-from cache.model import Artifact, Entry, EntryMeta, Source
+from cache.model import Artifact, Entry, EntryMeta, ImageFile, Source
 
 
 def footprint(entry: Entry) -> int:
@@ -115,6 +117,31 @@ class TieredEntryStore:
 
     async def get_meta(self, key: str) -> EntryMeta | None:
         return await self.store.get_meta(key)
+
+    async def open_image(self, key: str) -> ImageFile | None:
+        return await self.store.open_image(key)
+
+    async def get_image(self, key: str) -> Entry | ImageFile | None:
+        """For an answer that is the image itself: the memory copy when one is held (it is
+        already paid for), else the image as an open file when the store can give one (the
+        server sends it with sendfile: nothing read, nothing added to the tier), else the
+        entry as `get` reads it."""
+        version = await self.store.version(key)
+        if version is None:
+            self.tier.discard(key)
+            return None
+        held = self.tier.get(key, version)
+        if held is not None:
+            return held
+        image = await self.store.open_image(key)
+        if image is not None:
+            if image.version == version:
+                return image
+            image.close()  # replaced since: read the new one
+        entry = await self.store.get(key)
+        if entry is not None:
+            self.tier.put(entry)
+        return entry
 
     async def put(
         self,

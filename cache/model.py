@@ -3,6 +3,7 @@
     Artifact   one image: bytes, seed, finish reason, media type, SHA-256
     EntryMeta  everything known about a stored entry except the image bytes
     Entry      EntryMeta + its artifacts
+    ImageFile  EntryMeta + its one image as an open file, for sending without reading it
 
 An entry is identified by its key (the request's hash) and, for each stored version of it, a
 `version` token: every put makes a new version, and every consumer (the memory tier, the
@@ -17,7 +18,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 Source = Literal["upstream", "offline"]
 
@@ -170,6 +171,29 @@ class Entry:
     @property
     def nbytes(self) -> int:
         return sum(len(a.data) for a in self.artifacts)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFile:
+    """An entry of one image, with that image as an open file: for an answer that is the
+    image itself, sent by the server straight from the file (zero-copy) and never read
+    into memory. A store hands one out only for bytes it has already checked against their
+    SHA-256 in this process, in a file of the recorded length; whoever holds it closes it.
+    """
+
+    meta: EntryMeta
+    file: IO[bytes]
+
+    @property
+    def info(self) -> ArtifactInfo:
+        return self.meta.artifacts[0]
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def prompt_text(summary: Mapping[str, Any]) -> str:

@@ -63,6 +63,9 @@ class Metrics:
         self.coalesced = Counter(f"{PREFIX}_coalesced_requests",
                                  "Requests answered by an identical request's call.",
                                  registry=r)  # fmt: skip
+        self.from_file = Counter(f"{PREFIX}_hits_sent_from_file",
+                                 "Image hits the server sent from the blob's file "
+                                 "(zero-copy), not read into memory.", registry=r)  # fmt: skip
         self.stale = Counter(f"{PREFIX}_stale_served",
                              "Cached fallbacks served when the upstream failed.",
                              registry=r)  # fmt: skip

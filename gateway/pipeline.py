@@ -24,7 +24,7 @@ from starlette.responses import Response
 from cache.interfaces import CoordinationError, StoreError
 from cache.keys import scoped_key
 from cache.memory import TieredEntryStore
-from cache.model import Artifact, Entry
+from cache.model import Artifact, Entry, EntryMeta, ImageFile
 from gateway.callers import ANONYMOUS as ANONYMOUS_CALLER
 from gateway.callers import Caller, caller_of, ticket_of
 from gateway.config import Settings
@@ -34,9 +34,10 @@ from gateway.deadline import Deadline
 from gateway.errors import GatewayError, GatewayTimeout
 from gateway.fetch import STORE_WAIT_SECONDS, Failed, Fetched, Fetcher, Outcome, Refused, Shared
 from gateway.generation import Generation, RouteSpec
-from gateway.http import access
+from gateway.http import access, zerocopy
 from gateway.http.disconnect import ClientGone, unless_disconnected
 from gateway.http.forward import forward
+from gateway.http.image_answer import ImageFileAnswer
 from gateway.metrics import Metrics
 from gateway.parse_memo import ParseMemo
 from gateway.policy import Action, Controls, Decision, decide
@@ -106,25 +107,25 @@ class Pipeline:
         try:
             if self.fetcher is not None and not controls.no_store:
                 await self.fetcher.stored(generation)
-            entry = None if controls.no_store else await self._lookup(generation.key)
-            decision = decide(
-                mode=self.settings.mode,
-                controls=controls,
-                meta=entry.meta if entry else None,
-                now=time.time(),
-                ttl=self.settings.cache.ttl_seconds,
-                refresh_random=self.settings.cache.random_seed_policy == "refresh",
-                random_seed=generation.random_seed,
-            )
+            by_file = generation.want == "image" and zerocopy.offered(request.scope)
+            found = None if controls.no_store else await self._lookup(generation.key, by_file)
+            decision = self._decide(generation, controls, found)
+            if isinstance(found, ImageFile) and decision.action is not Action.SERVE:
+                found.close()  # not served from its file: what follows needs the bytes
+                found = await self._lookup(generation.key)
+                decision = self._decide(generation, controls, found)
             # Hits at DEBUG: they are the bulk of the traffic, and the access log has them.
             log.log(
                 logging.DEBUG if decision.action is Action.SERVE else logging.INFO,
                 "%s %s key=%s: %s", generation.route, generation.engine, generation.key[:16],
                 decision.reason,
             )  # fmt: skip
-            response = await self._act(
-                request, generation, route, controls, decision, entry, caller
-            )
+            if isinstance(found, ImageFile):
+                response = await self._serve_file(request, generation, found, caller)
+            else:
+                response = await self._act(
+                    request, generation, route, controls, decision, found, caller
+                )
         except GatewayError as exc:
             response = self._error(exc, route, headers, "BYPASS" if controls.no_store else "MISS")
         else:
@@ -171,22 +172,38 @@ class Pipeline:
                    "variant_of": generation.key}  # fmt: skip
         return dataclasses.replace(generation, key=keys[number - 1], summary=summary), number
 
-    def _saved(self, generation: Generation, artifacts: Sequence[Artifact], entry: Entry | None,
+    def _decide(
+        self, generation: Generation, controls: Controls, found: Entry | ImageFile | None
+    ) -> Decision:
+        return decide(
+            mode=self.settings.mode,
+            controls=controls,
+            meta=found.meta if found else None,
+            now=time.time(),
+            ttl=self.settings.cache.ttl_seconds,
+            refresh_random=self.settings.cache.random_seed_policy == "refresh",
+            random_seed=generation.random_seed,
+        )
+
+    def _saved(self, generation: Generation, images: int, meta: EntryMeta | None,
                caller: str = "anonymous") -> None:  # fmt: skip
         """A hit: count the credits its images would have cost (not for placeholders)."""
-        if entry is not None and entry.meta.source != "upstream":
+        if meta is not None and meta.source != "upstream":
             return
         engine = str(generation.summary.get("engine") or generation.engine)
-        credits = price_of(self.settings.prices, generation.route, engine) * len(artifacts)
-        self.counters.saved(generation.key, generation.route, engine, caller, len(artifacts),
-                            credits)  # fmt: skip
+        credits = price_of(self.settings.prices, generation.route, engine) * images
+        self.counters.saved(generation.key, generation.route, engine, caller, images, credits)
         if self.metrics is not None and credits:
             self.metrics.saved.labels(generation.route, caller).inc(credits)
 
-    async def _lookup(self, key: str) -> Entry | None:
-        """The entry, from the memory tier when it is current. If the store cannot be read,
-        a memory copy still serves (better than failing a request the cache could answer)."""
+    async def _lookup(self, key: str, by_file: bool = False) -> Entry | ImageFile | None:
+        """The entry, from the memory tier when it is current; `by_file` (an answer that is
+        the image, and a server that sends files): else its image as an open file, when
+        the store has one. If the store cannot be read, a memory copy still serves (better
+        than failing a request the cache could answer)."""
         try:
+            if by_file:
+                return await self.entries.get_image(key)
             return await self.entries.get(key)
         except (StoreError, CoordinationError) as exc:
             log.error("%s: cache lookup failed (%s); answering without the cache", exc.where, exc)
@@ -204,14 +221,11 @@ class Pipeline:
     ) -> Response:
         if decision.action is Action.SERVE:
             assert entry is not None
-            if self.fetcher is not None and not self.settings.api_key:
-                refused = await self.fetcher.check_credential(
-                    request.headers, Deadline(self.settings.timeouts.deadline_seconds)
-                )
-                if refused is not None:
-                    return forward(refused, {"X-Cache": "MISS"})
+            refused = await self._refused_credential(request)
+            if refused is not None:
+                return refused
             self.counters.hit(generation.key, entry.nbytes)
-            self._saved(generation, entry.artifacts, entry, caller.name)
+            self._saved(generation, len(entry.artifacts), entry.meta, caller.name)
             return route.render(entry.artifacts, generation, {"X-Cache": "HIT"})
         if decision.action is Action.MISS:
             self.counters.count("misses")
@@ -251,7 +265,7 @@ class Pipeline:
             # request it was already there, a hit.
             response.headers["X-Cache"] = "HIT"
             self.counters.hit(generation.key, sum(len(a.data) for a in outcome.artifacts))
-            self._saved(generation, outcome.artifacts, None, caller.name)
+            self._saved(generation, len(outcome.artifacts), None, caller.name)
         elif role == "led" and not isinstance(outcome, Shared):
             self.counters.count("misses")
             if isinstance(outcome, Fetched | Refused) and outcome.credits:
@@ -261,8 +275,37 @@ class Pipeline:
             if self.metrics is not None:
                 self.metrics.coalesced.inc()
             if isinstance(outcome, Shared):
-                self._saved(generation, outcome.entry.artifacts, outcome.entry, caller.name)
+                shared = outcome.entry
+                self._saved(generation, len(shared.artifacts), shared.meta, caller.name)
         return response
+
+    async def _serve_file(
+        self, request: Request, generation: Generation, image: ImageFile, caller: Caller
+    ) -> Response:
+        """A hit answered from the image's file (the answer closes it once sent)."""
+        try:
+            refused = await self._refused_credential(request)
+        except BaseException:
+            image.close()
+            raise
+        if refused is not None:
+            image.close()
+            return refused
+        self.counters.hit(generation.key, image.info.bytes)
+        self._saved(generation, 1, image.meta, caller.name)
+        if self.metrics is not None:
+            self.metrics.from_file.inc()
+        return ImageFileAnswer(image, {"X-Cache": "HIT"})
+
+    async def _refused_credential(self, request: Request) -> Response | None:
+        """Without a gateway key, a hit is served only to a caller whose own key Stability
+        accepts (checked through the fetch path): the upstream's refusal otherwise."""
+        if self.fetcher is None or self.settings.api_key:
+            return None
+        refused = await self.fetcher.check_credential(
+            request.headers, Deadline(self.settings.timeouts.deadline_seconds)
+        )
+        return None if refused is None else forward(refused, {"X-Cache": "MISS"})
 
     async def _placeholder(
         self, generation: Generation, route: RouteSpec, decision: Decision

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeStability, GatewayProcess, ok, start_on
 
@@ -58,9 +59,19 @@ def test_repeated_bytes_are_answered_as_the_first_time(fake: FakeStability, tmp_
         assert set(response.json()) == {"id", "name", "message"}
 
 
+def from_file(client: httpx.Client) -> float:
+    """The gateway's count of image hits the server sent from the blob's file."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name == "stability_gateway_hits_sent_from_file":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return 0.0
+
+
 def test_hits_read_from_the_folder_serve_the_stored_bytes(
     fake: FakeStability, tmp_path: Path
 ) -> None:
+    """With a memory tier too small for the image, an image hit is sent from the blob's
+    file by the server (sendfile: counted in /metrics), a JSON hit reads the blob."""
     fake.script(ok(noisy=True), ok(noisy=True))  # ~600 KB: a blob file, not a SQLite row
     with gateway_client(tmp_path, fake, memory_tier_bytes=1024) as client:
         first = client.post(PATH, json=body("cold e2e"), headers=PNG)
@@ -68,6 +79,15 @@ def test_hits_read_from_the_folder_serve_the_stored_bytes(
         assert first.headers["x-cache"] == "MISS" and len(first.content) > 100_000
         assert [h.headers["x-cache"] for h in hits] == ["HIT"] * 4
         assert all(h.content == first.content for h in hits)
+        assert hits[0].headers["content-length"] == str(len(first.content))
+        assert hits[0].headers["content-type"] == "image/png"
+        assert hits[0].headers["finish-reason"] == first.headers["finish-reason"]
+        assert hits[0].headers["seed"] == first.headers["seed"]
+        assert from_file(client) == 3  # the first hit checked the SHA-256: read, in a thread
+        as_json = client.post(PATH, json=body("cold e2e"))
+        assert as_json.headers["x-cache"] == "HIT"
+        assert base64.b64decode(as_json.json()["artifacts"][0]["base64"]) == first.content
+        assert from_file(client) == 3
         assert len(fake.generation_calls()) == 1
         # A blob file changed behind the gateway's back is never served, on this path too.
         (blob,) = [p for p in (tmp_path / "cache").rglob("*.val")]

@@ -7,18 +7,26 @@ import asyncio
 import base64
 import dataclasses
 import email.utils
+import io
 import json
+import os
+import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from cache.interfaces import CoordinationError
 from cache.local import LocalCoordinator, LocalEntryStore
+from cache.model import ImageFile
 from gateway import counters as counters_module
+from gateway.app import create_app
 from gateway.config import Settings
 from gateway.counters import Counters
+from gateway.http.zerocopy import EXTENSION
 from gateway.routes.passthrough import AccountPassThrough
 from gateway.upstream import retry_after_seconds
 from tests.support.app import app_client
@@ -131,6 +139,72 @@ async def test_without_a_gateway_key_hits_go_only_to_credentials_the_upstream_ac
     checks = [c for c in upstream.calls if c.url.path == "/v1/user/account"]
     assert len(checks) == 3  # nobody, bad, other-good once: then remembered
     assert all(c.headers.get("authorization") != "Bearer good" for c in checks)  # accepted
+
+
+class ZeroCopyServer:
+    """What a server offering ASGI's zero-copy send does, in process: it names the
+    extension in the scope and sends the file's bytes (counted) for the message."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.files_sent = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), EXTENSION: {}}}
+
+        async def sending(message: Any) -> None:
+            if message["type"] == EXTENSION:
+                self.files_sent += 1
+                data = os.pread(message["file"].fileno(), message["count"], 0)
+                message = {"type": "http.response.body", "body": data}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+class NoisyUpstream(Upstream):
+    """Images large enough to be blob files of their own (not SQLite rows)."""
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.startswith("/v1/generation/"):
+            return await super().__call__(request)
+        self.calls.append(request)
+        noisy = Image.frombytes("L", (512, 512), random.Random(5).randbytes(512 * 512))
+        out = io.BytesIO()
+        noisy.save(out, "PNG")
+        artifact = {"base64": b64(out.getvalue()), "seed": 9, "finishReason": "SUCCESS"}
+        return httpx.Response(200, json={"artifacts": [artifact]})
+
+
+async def test_a_hit_sent_from_its_file_still_checks_the_callers_credential(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a gateway key, a hit the server would send from the blob's file is refused
+    like any other to a key the upstream refuses; the file is closed either way."""
+    closed: list[str] = []
+    monkeypatch.setattr(ImageFile, "close", lambda self: closed.append(self.file.close()))
+    keyless = dataclasses.replace(settings, api_key="").replace(cache={"memory_tier_bytes": 1024})
+    upstream = NoisyUpstream()
+    app = create_app(keyless, transport=httpx.MockTransport(upstream))  # type: ignore[arg-type]
+    server = ZeroCopyServer(app)
+    good = {"Authorization": "Bearer good", "Accept": "image/png"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(server)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            made = await client.post(T2I, json=payload(), headers=good)
+            read = await client.post(T2I, json=payload(), headers=good)  # checks the SHA-256
+            assert server.files_sent == 0
+            bad = await client.post(
+                T2I, json=payload(), headers={**good, "Authorization": "Bearer bad"}
+            )
+            sent = await client.post(T2I, json=payload(), headers=good)
+    assert (made.headers["x-cache"], read.headers["x-cache"]) == ("MISS", "HIT")
+    assert bad.status_code == 401 and bad.headers["x-cache"] == "MISS"
+    assert sent.headers["x-cache"] == "HIT" and sent.content == made.content
+    assert len(made.content) > 40_000 and server.files_sent == 1
+    assert len(closed) == 2  # the refused hit's file, and the one sent
+    assert len(upstream.generations()) == 1
 
 
 async def test_a_jobs_result_goes_only_to_the_credential_that_started_it(

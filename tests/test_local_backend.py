@@ -207,6 +207,25 @@ async def test_a_tampered_blob_read_on_the_loop_is_still_refused(tmp_path: Path)
     await store.close()
 
 
+async def test_an_image_file_is_handed_out_only_once_its_bytes_were_checked(
+    tmp_path: Path,
+) -> None:
+    store = LocalEntryStore(tmp_path)
+    await store.put("k1", [Artifact(BIG, 7)], {})
+    await store.put("small", [Artifact(b"\x89PNG tiny", 7)], {})  # kept in SQLite's row
+    assert await store.open_image("k1") is None  # not read back yet: `get` checks it first
+    assert await store.get("k1") is not None and await store.get("small") is not None
+    image = await store.open_image("k1")
+    assert image is not None and image.info.seed == 7
+    with image.file:
+        assert image.file.read() == BIG
+    assert await store.open_image("small") is None  # no file of its own to send
+    store.blobs.files()[0].write_bytes(BIG[:-1])  # truncated behind the store's back
+    assert await store.open_image("k1") is None
+    assert await store.get("k1") is None  # and the read path refuses it too
+    await store.close()
+
+
 async def test_a_file_system_without_nowait_reads_is_asked_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

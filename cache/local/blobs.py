@@ -109,6 +109,22 @@ class DiskBlobStore:
                     return NOT_READY
         return NOT_READY if data is None else data
 
+    def open_now(self, sha256: str, size: int) -> Any:
+        """The blob's own file, open, if it is one and holds `size` bytes; else None (a
+        small blob kept in SQLite's row, a missing or truncated file). The caller closes it.
+        Costs diskcache's row lookup and an open: no read."""
+        with store_errors(self.where):
+            value = self.cache.get(sha256, read=True)
+            if value is None or isinstance(value, bytes):
+                return None
+            try:
+                if os.fstat(value.fileno()).st_size == size:
+                    return value
+            except OSError:
+                pass
+            value.close()
+            return None
+
     def has_sync(self, sha256: str) -> bool:
         with store_errors(self.where):
             return sha256 in self.cache

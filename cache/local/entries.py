@@ -36,6 +36,7 @@ from cache.model import (
     Artifact,
     Entry,
     EntryMeta,
+    ImageFile,
     Source,
     VerifiedDigests,
     prompt_text,
@@ -266,6 +267,18 @@ class LocalEntryStore:
     async def get_meta(self, key: str) -> EntryMeta | None:
         with self._operation(), store_errors(self.where):
             return self.index.meta(key)
+
+    async def open_image(self, key: str) -> ImageFile | None:
+        # On the event loop, as `_read_now`: the index row and an open, nothing read.
+        with self._operation(), store_errors(self.where):
+            meta = self.index.meta(key)
+            if meta is None or len(meta.artifacts) != 1:
+                return None
+            info = meta.artifacts[0]
+            if not self._verified.known(info.sha256):
+                return None  # `get` checks it first
+            file = self.blobs.open_now(info.sha256, info.bytes)
+        return None if file is None else ImageFile(meta, file)
 
     async def put(
         self,

@@ -24,6 +24,7 @@ from cache.model import (
     Artifact,
     Entry,
     EntryMeta,
+    ImageFile,
     Source,
     VerifiedDigests,
     prompt_text,
@@ -71,6 +72,10 @@ class RedisEntryStore:
     async def get_meta(self, key: str) -> EntryMeta | None:
         with self.connection.store_errors():
             return await self.index.meta(key)
+
+    async def open_image(self, key: str) -> ImageFile | None:
+        """Images here are values in a BlobStore, not files of their own: always read."""
+        return None
 
     async def get(self, key: str) -> Entry | None:
         for _ in range(READ_ATTEMPTS):

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
@@ -36,6 +36,7 @@ from uvicorn.server import ServerState
 
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError
+from gateway.http import zerocopy
 
 log = logging.getLogger("uvicorn.error")
 
@@ -197,14 +198,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusing or self._too_many_headers:
             return  # no app is started for a refused request
         self._in_body = True
+        zerocopy.offer(cast(Scope, self.scope))
+        cycle = self.cycle
         if not self._over_bound:
             super().on_headers_complete()
-            return
-        app, self.app = self.app, _too_many_connections(self.limits.max_connections)
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = app
+        else:
+            app, self.app = self.app, _too_many_connections(self.limits.max_connections)
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        if self.cycle is not cycle:  # uvicorn made this request's cycle: before its app runs
+            zerocopy.install(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         if not (self._refusing or self._too_many_headers):

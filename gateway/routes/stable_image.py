@@ -51,6 +51,7 @@ from cache.keys import make_key
 from cache.model import Artifact
 from gateway.errors import UpstreamError
 from gateway.generation import Generation, UpstreamRequest, Want
+from gateway.http.image_answer import image_answer
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
 from gateway.routes import answers
@@ -287,11 +288,7 @@ def render_v2(artifact: Artifact, want: Want, headers: dict[str, str]) -> Respon
     if want == "json":
         body = rendered(artifact, V2_JSON, _v2_json)
         return Response(body, media_type="application/json", headers=headers)
-    return Response(
-        artifact.data,
-        media_type=artifact.media_type,
-        headers={**headers, "finish-reason": artifact.finish_reason, "seed": str(artifact.seed)},
-    )
+    return image_answer(artifact, headers)
 
 
 class StableImage:

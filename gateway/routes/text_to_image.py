@@ -15,6 +15,7 @@ from cache.keys import make_key, normalise
 from cache.model import Artifact
 from gateway.errors import BadRequest, UpstreamError
 from gateway.generation import Generation, UpstreamRequest, Want
+from gateway.http.image_answer import image_answer
 from gateway.placeholder import placeholder_image
 from gateway.rendered import remember, rendered
 from gateway.routes import answers
@@ -121,16 +122,7 @@ class TextToImage:
         self, artifacts: Sequence[Artifact], generation: Generation, headers: dict[str, str]
     ) -> Response:
         if generation.want == "image":
-            first = artifacts[0]
-            return Response(
-                first.data,
-                media_type="image/png",
-                headers={
-                    **headers,
-                    "Finish-Reason": first.finish_reason,
-                    "Seed": str(first.seed),
-                },
-            )
+            return image_answer(artifacts[0], headers)
         body = json_artifacts(artifacts)
         return Response(body, media_type="application/json", headers=headers)
 

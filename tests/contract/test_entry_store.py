@@ -37,6 +37,25 @@ class TestEntryStore:
         assert got is not None and got.engine == "e1" and got.summary["width"] == 8
         assert await entry_store.get("nope") is None and await entry_store.version("nope") is None
 
+    async def test_an_image_file_is_only_ever_the_checked_bytes(
+        self, entry_store: EntryStore
+    ) -> None:
+        """`open_image` may say None (then `get` reads); a file it gives holds exactly the
+        stored image, of the entry's current version, and is the caller's to close."""
+        assert await entry_store.open_image("nope") is None
+        version = await put(entry_store, "k1")
+        await entry_store.put("pair", [Artifact(BIG, seed=1), Artifact(BIG[::-1], seed=2)],
+                              summary())  # fmt: skip
+        assert (await entry_store.get("k1")) is not None  # read back, and so checked
+        image = await entry_store.open_image("k1")
+        if image is not None:
+            try:
+                assert image.version == version and image.info.bytes == len(BIG)
+                assert os.pread(image.file.fileno(), len(BIG) + 1, 0) == BIG
+            finally:
+                image.close()
+        assert await entry_store.open_image("pair") is None  # one image per answer only
+
     async def test_survives_reopening(self, open_entry_store: EntryStoreFactory) -> None:
         first = open_entry_store()
         version = await put(first, "k1")

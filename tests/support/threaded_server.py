@@ -14,14 +14,28 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 class ThreadedServer:
-    def __init__(self, app: ASGIApp, *, port: int = 0, name: str = "server") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        port: int = 0,
+        name: str = "server",
+        http: Any = "h11",
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
+        """`http`: uvicorn's protocol (name or class); `loop_factory`: the event loop's
+        (default: asyncio's own)."""
         self.app = app
+        self.http = http
+        self.loop_factory = loop_factory
         self.requested_port = port
         self.name = name
         self.port = 0
@@ -45,7 +59,7 @@ class ThreadedServer:
             self.app,
             host="127.0.0.1",
             port=0,
-            http="h11",
+            http=self.http,
             log_level="warning",
             log_config=None,  # leave logging alone: records propagate to pytest's capture
             access_log=False,
@@ -54,9 +68,7 @@ class ThreadedServer:
         )
         server = uvicorn.Server(config)
         self._server = server
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(server, sock),), daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(server, sock), daemon=True)
         self._thread.name = f"{self.name}-{self.port}"
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -66,6 +78,10 @@ class ThreadedServer:
                 sock.close()
                 raise RuntimeError(f"{self.name} did not start")
             time.sleep(0.005)
+
+    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        with asyncio.Runner(loop_factory=self.loop_factory) as runner:
+            runner.run(self._serve(server, sock))
 
     async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
         self._loop = asyncio.get_running_loop()
