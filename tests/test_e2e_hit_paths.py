@@ -2,8 +2,9 @@
 
 The real gateway (uvicorn, subprocess) against the fake Stability on loopback: repeated
 request bytes take the parse memo (gateway.parse_memo), and, with a memory tier too small
-to hold any image, every hit reads its blob file from the cache folder, on the event loop
-once its digest has been checked (cache.local.nowait).
+to hold any image, the first hit reads its blob file from the cache folder and checks it;
+later image hits are sent from that file by the server with sendfile
+(gateway.http.zerocopy), and JSON hits read it on the event loop (cache.local.nowait).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeStability, GatewayProcess, ok, start_on
+from tests.fakes.multipart import encode_multipart
 
 API_KEY = "sk-test-SECRET-hits-key-0123456789"
 PATH = "/v1/generation/stable-diffusion-v1-6/text-to-image"
+CORE = "/v2beta/stable-image/generate/core"
 PNG = {"Accept": "image/png"}
 
 
@@ -83,6 +86,8 @@ def test_hits_read_from_the_folder_serve_the_stored_bytes(
         assert hits[0].headers["content-type"] == "image/png"
         assert hits[0].headers["finish-reason"] == first.headers["finish-reason"]
         assert hits[0].headers["seed"] == first.headers["seed"]
+        assert hits[3].headers["x-cache-key"] == first.headers["x-cache-key"]
+        assert hits[3].headers["x-credits-charged"] == "0"
         assert from_file(client) == 3  # the first hit checked the SHA-256: read, in a thread
         as_json = client.post(PATH, json=body("cold e2e"))
         assert as_json.headers["x-cache"] == "HIT"
@@ -96,3 +101,24 @@ def test_hits_read_from_the_folder_serve_the_stored_bytes(
     assert after.status_code == 200 and after.headers["x-cache"] == "MISS"
     assert after.content[:8] == b"\x89PNG\r\n\x1a\n" and len(after.content) > 100_000
     assert len(fake.generation_calls()) == 2
+
+
+def test_v2_image_hits_are_sent_from_the_file_with_their_media_type(
+    fake: FakeStability, tmp_path: Path
+) -> None:
+    fake.script(ok(noisy=True))
+    parts = [("prompt", "harbour at dusk"), ("aspect_ratio", "16:9"),
+             ("output_format", "jpeg"), ("seed", "31")]  # fmt: skip
+    content, headers = encode_multipart(parts, "b-1")
+    image = {**headers, "Accept": "image/*"}
+    with gateway_client(tmp_path, fake, memory_tier_bytes=1024) as client:
+        answers = [client.post(CORE, content=content, headers=image) for _ in range(4)]
+        sent = from_file(client)
+    assert [a.headers["x-cache"] for a in answers] == ["MISS", "HIT", "HIT", "HIT"]
+    assert all(a.content == answers[0].content for a in answers)
+    assert len(answers[0].content) > 100_000  # a blob file of its own
+    last = answers[-1]
+    assert last.headers["content-type"] == "image/jpeg"
+    assert (last.headers["finish-reason"], last.headers["seed"]) == ("SUCCESS", "31")
+    assert sent == 2  # the first hit read and checked the bytes
+    assert len(fake.generation_calls()) == 1
