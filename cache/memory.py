@@ -103,17 +103,9 @@ class TieredEntryStore:
         return await self.store.version(key)
 
     async def get(self, key: str) -> Entry | None:
-        version = await self.store.version(key)
-        if version is None:
-            self.tier.discard(key)
-            return None
-        held = self.tier.get(key, version)
-        if held is not None:
-            return held
-        entry = await self.store.get(key)
-        if entry is not None:
-            self.tier.put(entry)
-        return entry
+        found = await self._lookup(key, by_file=False)
+        assert not isinstance(found, ImageFile)
+        return found
 
     async def get_meta(self, key: str) -> EntryMeta | None:
         return await self.store.get_meta(key)
@@ -126,6 +118,9 @@ class TieredEntryStore:
         already paid for), else the image as an open file when the store can give one (the
         server sends it with sendfile: nothing read, nothing added to the tier), else the
         entry as `get` reads it."""
+        return await self._lookup(key, by_file=True)
+
+    async def _lookup(self, key: str, *, by_file: bool) -> Entry | ImageFile | None:
         version = await self.store.version(key)
         if version is None:
             self.tier.discard(key)
@@ -133,11 +128,12 @@ class TieredEntryStore:
         held = self.tier.get(key, version)
         if held is not None:
             return held
-        image = await self.store.open_image(key)
-        if image is not None:
-            if image.version == version:
-                return image
-            image.close()  # replaced since: read the new one
+        if by_file:
+            image = await self.store.open_image(key)
+            if image is not None:
+                if image.version == version:
+                    return image
+                image.close()  # replaced since: read the new one
         entry = await self.store.get(key)
         if entry is not None:
             self.tier.put(entry)

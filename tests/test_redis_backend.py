@@ -180,11 +180,13 @@ async def test_a_lease_waiter_hears_the_release_without_polling(
         await b.close()
 
 
+@pytest.mark.parametrize("lookup", ["get", "get_image"])
 async def test_invalidation_tier_serves_from_memory_until_told_otherwise(
-    redis_server: RedisServer, redis_prefix: str
+    redis_server: RedisServer, redis_prefix: str, lookup: str
 ) -> None:
     """hit_check = "invalidation": the second hit costs no round trip; a write on another
-    replica drops the mark (its message), and the next hit reads the new version."""
+    replica drops the mark (its message), and the next hit reads the new version. The
+    same for an image answer's lookup (a regression: it asked Redis on every hit)."""
     one = RedisConnection(redis_server.url, prefix=redis_prefix)
     other = RedisConnection(redis_server.url, prefix=redis_prefix)
     store = RedisEntryStore(one, RedisBlobStore(one))
@@ -199,12 +201,13 @@ async def test_invalidation_tier_serves_from_memory_until_told_otherwise(
         return await version(key)
 
     store.index.version = counting_version  # type: ignore[method-assign]
+    get = getattr(tier, lookup)
     try:
         await writer.put("k", [Artifact(b"one", 1)], {})
-        first = await tier.get("k")
+        first = await get("k")
         assert first is not None and asked == 1
         for _ in range(5):
-            held = await tier.get("k")
+            held = await get("k")
             assert held is not None and held.artifacts[0].data == b"one"
         assert asked == 1
         await writer.put("k", [Artifact(b"two", 1)], {})
@@ -212,14 +215,14 @@ async def test_invalidation_tier_serves_from_memory_until_told_otherwise(
             if "k" not in tier._current:
                 break
             await asyncio.sleep(0.01)
-        fresh = await tier.get("k")
+        fresh = await get("k")
         assert fresh is not None and fresh.artifacts[0].data == b"two" and asked == 2
         await writer.delete("k")
         for _ in range(50):
             if "k" not in tier._current:
                 break
             await asyncio.sleep(0.01)
-        assert await tier.get("k") is None
+        assert await get("k") is None
     finally:
         await tier.close()
         await writer.close()

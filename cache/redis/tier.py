@@ -16,7 +16,7 @@ bench/README.md measures both ways ([redis] hit_check = "version" | "invalidatio
 from __future__ import annotations
 
 from cache.memory import MemoryTier, TieredEntryStore
-from cache.model import Entry
+from cache.model import Entry, ImageFile
 from cache.redis.entries import RedisEntryStore
 from cache.redis.listener import Listener
 
@@ -81,6 +81,11 @@ class InvalidatedTier(TieredEntryStore):
                 self._current.clear()  # keys the tier has since evicted
             self._current.add(key)
         return entry
+
+    async def get_image(self, key: str) -> Entry | ImageFile | None:
+        """Images in Redis (or S3) are never files to send: an image answer's lookup is a
+        plain `get`, held copy and all (the base class would ask Redis for the version)."""
+        return await self.get(key)
 
     async def delete(self, key: str) -> bool:
         self._current.discard(key)
