@@ -94,7 +94,8 @@ def error_body(status: int, name: str, message: str, *, v2: bool) -> bytes:
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header, time and connection bounds.
+    """uvicorn's httptools protocol with header, time and connection bounds, and ASGI's
+    zero-copy send for answers sent from a file (gateway.http.zerocopy).
 
     The limits come from `config.server_limits` (a ServerLimits), set by `serve`. Header
     bytes are bounded by never feeding the parser more than what is left of the bound while
