@@ -4,8 +4,11 @@ What makes a PNG undecodable is its pixel data: the IDAT chunks' zlib stream mus
 whole (zlib's Adler-32 checks every byte), to exactly one filter byte plus one row of
 samples per row, and every filter byte must name one of the five filters. Once that holds,
 unfiltering cannot fail, so the image decodes: this is Pillow's `load()` without building
-the image. The inflate is python-isal's (Intel ISA-L: 9.2 ms against zlib's 12.6 ms for
-the bench's 2.6 MB image); chunk CRCs are checked too (ISA-L's crc32: 0.05 ms for 2.6 MB,
+the image. The rows are inflated by libdeflate (the `deflate` package) into one buffer of
+the length the header gives: 6.3 ms for the bench's noisy 2.6 MB image and 0.16 ms for a
+solid one, against 7.7 ms and 1.1 ms for python-isal's inflate in pieces and 14.7 ms for
+zlib's. It also lets go of the GIL once per image, not once per piece, which matters to
+the event loop beside it. Chunk CRCs are checked with ISA-L's crc32 (0.05 ms for 2.6 MB,
 against zlib's 0.66 ms).
 
 Only the plain cases are checked this way (8 bits per sample, not interlaced); anything
@@ -17,12 +20,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+import deflate
 from isal import isal_zlib
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 FILTERS = 5  # None, Sub, Up, Average, Paeth
-PIECE = 256 * 1024  # most bytes inflated at once
+PIECE = 256 * 1024  # most bytes inflated at once, when inflated in pieces
+# Rows up to this size are inflated into one buffer (a 2048x2048 RGBA image is 16 MiB);
+# larger ones, and any that libdeflate refuses (to say why), are inflated in pieces.
+WHOLE_BYTES = 32 * 1024 * 1024
 
 
 class BadPng(ValueError):
@@ -61,8 +68,31 @@ def check_pixels(data: bytes) -> tuple[int, int] | None:
         return None
     stride = 1 + width * CHANNELS[colour]
     expected = height * stride
-    # Inflated piece by piece, never joined: only its length and each row's filter byte
-    # (every `stride`-th byte) are looked at.
+    if expected <= WHOLE_BYTES and _whole_rows_sound(idat, stride, expected):
+        return width, height
+    _check_in_pieces(idat, stride, expected)
+    return width, height
+
+
+def _whole_rows_sound(idat: list[memoryview], stride: int, expected: int) -> bool:
+    """True when the IDAT data inflates, Adler-32 and all, to exactly `expected` bytes;
+    BadPng when it does and a row names a filter that does not exist; False when it does
+    not inflate to that length (the pieces then say why)."""
+    try:
+        rows = deflate.zlib_decompress(b"".join(idat), expected)
+    except deflate.DeflateError:  # bad data, or more than `expected` bytes
+        return False
+    if len(rows) != expected:
+        return False
+    if max(rows[::stride]) >= FILTERS:
+        raise BadPng("a row names a filter that does not exist")
+    return True
+
+
+def _check_in_pieces(idat: list[memoryview], stride: int, expected: int) -> None:
+    """The same check, inflated piece by piece and never joined: only its length and each
+    row's filter byte (every `stride`-th byte) are looked at. Bounded memory for any size,
+    and it stops at the first piece past `expected` (a small chunk may inflate without end)."""
     inflater = isal_zlib.decompressobj()
     seen = 0
     try:
@@ -71,7 +101,7 @@ def check_pixels(data: bytes) -> tuple[int, int] | None:
             if len(piece) > first and max(piece[first::stride]) >= FILTERS:
                 raise BadPng("a row names a filter that does not exist")
             seen += len(piece)
-            if seen > expected:  # stop there: a small chunk may inflate without end
+            if seen > expected:
                 raise BadPng(f"the pixel data holds more than the {expected} bytes expected")
     except BadPng:
         raise
@@ -81,7 +111,6 @@ def check_pixels(data: bytes) -> tuple[int, int] | None:
         raise BadPng("the pixel data stops before its end")
     if seen != expected:
         raise BadPng(f"the pixel data holds {seen} bytes, {expected} expected")
-    return width, height
 
 
 def _inflated(inflater: isal_zlib.Decompress, chunks: list[memoryview]) -> Iterator[bytes]:

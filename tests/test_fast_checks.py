@@ -39,16 +39,28 @@ def png_from_raw(width: int, height: int, raw: bytes) -> bytes:
             + chunk(b"IEND", b""))  # fmt: skip
 
 
+@pytest.fixture(params=["one buffer", "in pieces"])
+def inflate_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Rows up to png.WHOLE_BYTES are inflated by libdeflate into one buffer, larger ones
+    in pieces: every check below must hold on both paths, so each test runs on each."""
+    if request.param == "in pieces":
+        monkeypatch.setattr(png, "WHOLE_BYTES", 0)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("inflate_path")
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
 def test_sound_pngs_pass_and_agree_with_pillow(mode: str) -> None:
     data = encode(mode)
     assert check_pixels(data) == (37, 21) == Image.open(io.BytesIO(data)).size
 
 
+@pytest.mark.usefixtures("inflate_path")
 def test_the_big_noisy_image_passes() -> None:
     assert check_pixels(png_bytes(1344, 768, seed=4, noisy=True)) == (1344, 768)
 
 
+@pytest.mark.usefixtures("inflate_path")
 @pytest.mark.parametrize(
     ("damage", "why"),
     [
@@ -66,6 +78,7 @@ def test_damaged_pngs_are_refused(damage, why: str) -> None:  # type: ignore[no-
         check_image(data, expected_size=None, full=True)
 
 
+@pytest.mark.usefixtures("inflate_path")
 def test_pixel_data_of_the_wrong_length_or_with_a_bad_filter_is_refused() -> None:
     width, height = 4, 3
     row = b"\x00" + b"\x10" * (3 * width)
@@ -80,9 +93,10 @@ def test_pixel_data_of_the_wrong_length_or_with_a_bad_filter_is_refused() -> Non
     Image.open(io.BytesIO(png_from_raw(width, height, row * (height - 1)))).load()
 
 
-def test_pixel_data_far_larger_than_its_chunk_is_checked_piece_by_piece() -> None:
-    """A solid image's one small IDAT inflates to megabytes, checked in pieces whose
-    boundaries fall mid-row: every row's filter byte is still seen, in any piece."""
+@pytest.mark.usefixtures("inflate_path")
+def test_pixel_data_far_larger_than_its_chunk_is_checked_row_by_row() -> None:
+    """A solid image's one small IDAT inflates to megabytes; in pieces, their boundaries
+    fall mid-row: on either path every row's filter byte is still seen, in any piece."""
     width, height = 1344, 768
     row = b"\x00" + b"\x7f" * (3 * width)
     whole = png_from_raw(width, height, row * height)
@@ -95,6 +109,45 @@ def test_pixel_data_far_larger_than_its_chunk_is_checked_piece_by_piece() -> Non
             check_pixels(png_from_raw(width, height, raw))
     with pytest.raises(BadPng, match="holds 3093311 bytes, 3097344 expected"):  # a row short
         check_pixels(png_from_raw(width, height, row * (height - 1)))
+
+
+@pytest.mark.usefixtures("inflate_path")
+def test_a_wrong_adler32_or_a_cut_stream_is_refused() -> None:
+    """Rows of the right length whose zlib checksum is wrong (one flipped bit in the
+    stream's last four bytes, CRC recomputed), or a stream cut short: both refused."""
+    width, height = 64, 8
+    raw = (b"\x00" + b"\x21" * (3 * width)) * height
+    stream = zlib.compress(raw)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def with_idat(idat: bytes) -> bytes:
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                + chunk(b"IEND", b""))  # fmt: skip
+
+    assert check_pixels(with_idat(stream)) == (width, height)
+    with pytest.raises(BadPng, match="does not inflate"):
+        check_pixels(with_idat(stream[:-1] + bytes([stream[-1] ^ 1])))
+    with pytest.raises(BadPng, match="stops before its end"):
+        check_pixels(with_idat(stream[:-6]))
+
+
+def test_sound_rows_are_inflated_into_one_buffer_up_to_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The noisy 2.6 MB image goes the one-buffer way, never the pieces; rows larger than
+    WHOLE_BYTES go the pieces way (bounded memory), and still pass."""
+    pieces: list[int] = []
+    real = png._check_in_pieces
+
+    def spied(idat, stride, expected):  # type: ignore[no-untyped-def]
+        pieces.append(expected)
+        real(idat, stride, expected)
+
+    monkeypatch.setattr(png, "_check_in_pieces", spied)
+    noisy = png_bytes(1344, 768, seed=4, noisy=True)
+    assert check_pixels(noisy) == (1344, 768) and pieces == []
+    monkeypatch.setattr(png, "WHOLE_BYTES", 3_000_000)  # below 768 rows of 4033 bytes
+    assert check_pixels(noisy) == (1344, 768) and pieces == [768 * 4033]
 
 
 def test_pixel_data_that_inflates_too_far_is_refused_without_inflating_it_all(
