@@ -84,7 +84,7 @@ def live(seconds: float, noisy: bool, gil: bool = False) -> None:
     out = Path(work / "stacks.txt")
     sent = [0]
     stop = [False]
-    with running_fake(ok(noisy=noisy)) as fake:
+    with running_fake(ok(noisy=noisy, reuse_pixels=True)) as fake:
         gateway = start_gateway(work, "gateway", fake.url, rate=UNTHROTTLED)
         assert gateway.pid is not None
         headers = {"Accept": "application/json", "Authorization": f"Bearer {FAKE_KEY}"}

@@ -99,6 +99,21 @@ def test_text_to_image_png(client: httpx.Client) -> None:
     assert image_size(response.content) == (768, 512)
 
 
+def test_reused_pixels_give_distinct_sound_pngs(fake: FakeStability, client: httpx.Client) -> None:
+    """ok(reuse_pixels=True), the bench's miss load: one encode, the same pixels in every
+    answer, yet distinct bytes (distinct blobs in the gateway) that Pillow and the
+    gateway's own pixel check both accept."""
+    from gateway.png import check_pixels
+
+    fake.default = ok(reuse_pixels=True)
+    body = {**PROMPT, "width": 64, "height": 48, "seed": 3}
+    answers = [decoded(client.post(TEXT, json=body).json()["artifacts"][0]) for _ in range(2)]
+    assert answers[0] != answers[1]
+    assert [check_pixels(a) for a in answers] == [(64, 48)] * 2
+    first, second = (open_image(a) for a in answers)
+    assert first.tobytes() == second.tobytes()
+
+
 def test_script_then_default(fake: FakeStability, client: httpx.Client) -> None:
     fake.script(ok(finish_reason="CONTENT_FILTERED", seed=5), error(500))
     fake.default = ok(seed=9)
