@@ -39,15 +39,17 @@ from tests.fakes.images import png_bytes
 KEY = "sk-bench-apphit"
 
 
-def _answer() -> bytes:
-    image = base64.b64encode(png_bytes(1344, 768, seed=1, noisy=True)).decode()
+def _answer(noisy: bool = True) -> bytes:
+    image = base64.b64encode(png_bytes(1344, 768, seed=1, noisy=noisy)).decode()
     return json.dumps(
         {"artifacts": [{"base64": image, "seed": 1, "finishReason": "SUCCESS"}]}
     ).encode()
 
 
 @contextmanager
-def _app(memo: bool) -> Iterator[Any]:
+def _app(memo: bool, answer: bytes | None = None) -> Iterator[Any]:
+    """The app in front of a MockTransport that gives `answer` (default: the 2.6 MB image's
+    v1 JSON) to every call; unthrottled, so that misses are not paced by the limiter."""
     import gateway.pipeline
     from gateway.app import create_app
     from gateway.config import load_settings
@@ -58,6 +60,8 @@ def _app(memo: bool) -> Iterator[Any]:
     os.environ.update({
         "STABILITY_GATEWAY_CACHE_DIR": f"{folder}/cache", "STABILITY_GATEWAY_MODE": "online",
         "STABILITY_API_KEY": KEY, "STABILITY_GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9",
+        "STABILITY_GATEWAY_RATE_LIMIT": "150", "STABILITY_GATEWAY_RATE_PERIOD": "0.1",
+        "STABILITY_GATEWAY_RATE_MARGIN": "0",
     })  # fmt: skip
     settings = load_settings()
     configure_logging("info", [KEY])
@@ -65,7 +69,7 @@ def _app(memo: bool) -> Iterator[Any]:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)
-    answer = _answer()
+    answer = answer or _answer()
     transport = httpx.MockTransport(
         lambda request: httpx.Response(
             200, content=answer, headers={"content-type": "application/json"}
