@@ -13,13 +13,7 @@ packages pays here before doing any of the gateway's work.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -59,29 +53,6 @@ def serve(port: int, upstream: str) -> None:
 
     uvicorn.run(make_app(upstream), host="127.0.0.1", port=port, http="httptools",
                 loop="uvloop", access_log=False, log_level="warning")  # fmt: skip
-
-
-@contextmanager
-def running(port: int, upstream: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The bare proxy as a process of its own on 127.0.0.1:port, until the block ends."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.bareproxy", "--serve", str(port), "--upstream", upstream],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,17 +18,11 @@ import argparse
 import base64
 import dataclasses
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
-
 from bench import tools, wrk
+from bench.servers import running_module
 from bench.upstream import write_bodies
 
 WORK = Path(__file__).resolve().parent / "work" / "sendshape"
@@ -83,12 +77,6 @@ def serve(port: int) -> None:
     uvicorn.run(make_app(), host="127.0.0.1", port=port, http="httptools", log_level="warning")  # type: ignore[arg-type]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sendshape", description=__doc__)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -102,22 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrk_path = tools.ensure_tools([])["wrk"]
     WORK.mkdir(parents=True, exist_ok=True)
     body_file, _ = write_bodies(WORK)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.sendshape", "--serve", str(port)],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
-    try:
+    with running_module("bench.sendshape", probe="/png") as (port, _pid):
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(f"{url}/png", timeout=5)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         rows = []
         for name, _body, size in SHAPES:
             job = wrk.WrkJob(
@@ -128,9 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wrk.run(wrk_path, job)
             measured = wrk.run(wrk_path, dataclasses.replace(job, duration=args.seconds))
             rows.append((name, size, measured))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     base = rows[0][2].rps
     print(f"{'shape':<10} {'slice':>8} {'req/s':>8} {'MB/s':>8} {'p99 ms':>8} {'/ png':>6} failed")
     for name, size, r in rows:

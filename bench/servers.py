@@ -7,7 +7,11 @@ end-to-end tests start it: its own process, online mode, a fake key, the fake up
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from typing import Any
 import httpx
 
 from tests.fakes import GatewayProcess, gateway_env
+from tests.fakes.gateway_process import free_port
 from tests.fakes.redis_server import RedisServer
 
 FAKE_KEY = "sk-bench-not-a-real-key"
@@ -117,3 +122,28 @@ def contention(gateways: list[GatewayProcess]) -> tuple[int, int]:
             committed += int(match.group(1))
             retried += int(match.group(2))
     return committed, retried
+
+
+@contextlib.contextmanager
+def running_module(module: str, *args: str, probe: str = "/") -> Iterator[tuple[int, int]]:
+    """`python -m <module> --serve PORT *args` (a bench helper server) on a free loopback
+    port, once GET <probe> gets any HTTP answer; yields (port, pid) and stops it after."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--serve", str(port), *args],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench import bareproxy, procstat
+from bench import procstat
 from bench.context import Context
 from bench.report import Measurement, SectionResult, Target
-from bench.servers import UNTHROTTLED, start_gateway
+from bench.servers import UNTHROTTLED, running_module, start_gateway
 from bench.upstream import generation_count, running_fake
 from bench.wrk import WrkResult
 from tests.fakes import FakeStability, ok
-from tests.fakes.gateway_process import free_port
 
 JSON = "application/json"
 
@@ -69,9 +68,8 @@ def _pair(ctx: Context, image: str, noisy: bool) -> Pair:
         finally:
             gateway.stop()
         ctx.log(f"miss: {image} image, bare proxy (uvicorn + httpx)")
-        port = free_port()
-        with bareproxy.running(port, fake.url) as bare:
-            floor, _, bare_cpu = _unique_run(ctx, fake, f"http://127.0.0.1:{port}", bare.pid)
+        with running_module("bench.bareproxy", "--upstream", fake.url) as (port, pid):
+            floor, _, bare_cpu = _unique_run(ctx, fake, f"http://127.0.0.1:{port}", pid)
     return Pair(image, direct, through, calls, cpu, floor, bare_cpu)
 
 
