@@ -17,10 +17,13 @@ live in one place and are tested without any I/O:
   ahead of it its own slot still leaves one for it now, and every ticket ahead has sent:
   when a window reopens for several at once they go one after the other, in order.
 - **Cool-down.** After an upstream 429 nobody sends before `cooldown_until`.
+- **Counted from when it left.** A send logged at its grant whose request was written late
+  (`restamp`) is moved to when it was written, since the upstream counts arrivals.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +125,7 @@ def _expire(state: QueueState, now: float) -> None:
 
 def _send(state: QueueState, ident: str, now: float, rules: Rules) -> None:
     waiting = state.tickets.pop(ident)
-    state.sent.append(now)
+    bisect.insort(state.sent, now)  # in order even after a restamp moved one later
     del state.sent[: -rules.limit]
     state.served[waiting.caller] = now
     if len(state.served) > MAX_CALLERS_REMEMBERED:
@@ -184,6 +187,16 @@ def _go(state: QueueState, ident: str, now: float, rules: Rules, wait: float) ->
         return IN_ORDER_SECONDS
     _send(state, ident, now, rules)
     return 0.0
+
+
+def restamp(state: QueueState, stamp: float, late: float, rules: Rules) -> None:
+    """Move the send logged at `stamp` to `stamp + late` (its request left that much after
+    its grant). If it is no longer in the log (`limit` sends were logged since), the later
+    time goes in anyway, in order: the log keeps the last `limit` sends by when they left."""
+    if stamp in state.sent:
+        state.sent.remove(stamp)
+    bisect.insort(state.sent, stamp + late)
+    del state.sent[: -rules.limit]
 
 
 def leave(state: QueueState, ident: str) -> None:

@@ -217,10 +217,28 @@ class Ticket:
 ANONYMOUS = Ticket()
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A send slot spent: the limiter logged a send at `stamp` (on its own clock: Unix time,
+    or Redis's TIME; None for a limiter that keeps no log), and `granted` is this process's
+    time.monotonic() at that moment (within a round trip, for Redis)."""
+
+    waited: float
+    granted: float
+    stamp: float | None = None
+
+
 class RateLimiter(Protocol):
-    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
-        """Wait for a send slot and spend it; returns the seconds waited. Raises QueueFull
-        (and reserves nothing) when the slot is further away than the limiter allows."""
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> Slot:
+        """Wait for a send slot and spend it. Raises QueueFull (and reserves nothing) when
+        the slot is further away than the limiter allows."""
+        ...
+
+    async def restamp(self, slot: Slot, late: float) -> None:
+        """The slot's request was written `late` seconds after the slot was granted (a new
+        connection, a TLS handshake, a busy event loop): count its send from then, so the
+        next window opens from when the request really left. Windows are counted at the
+        upstream, and what the limiter logged must never be earlier than what it sees."""
         ...
 
     async def cool_down(self, seconds: float) -> None:

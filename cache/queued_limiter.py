@@ -21,7 +21,7 @@ from typing import Any
 
 from cache import fair_queue
 from cache.fair_queue import QueueState, Rules
-from cache.interfaces import ANONYMOUS, Ticket
+from cache.interfaces import ANONYMOUS, Slot, Ticket
 
 HEARTBEAT_SECONDS = 1.0
 TICKET_TTL_SECONDS = 5.0
@@ -76,26 +76,29 @@ class QueuedLimiter(ABC):
         async with self._turn:
             return await self._apply(step)
 
-    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> Slot:
         started = time.monotonic()
         ident = uuid.uuid4().hex
         rules = self.rules
 
-        def join(state: QueueState, now: float) -> float:
-            return fair_queue.join(state, ident, ticket, now, rules, ticket.arrived)
+        # Each step also returns its `now` (on the send, the time the log holds) and this
+        # process's monotonic clock at that moment, which a restamp is measured from.
+        def join(state: QueueState, now: float) -> tuple[float, float, float]:
+            wait = fair_queue.join(state, ident, ticket, now, rules, ticket.arrived)
+            return wait, now, time.monotonic()
 
-        def poll(state: QueueState, now: float) -> float:
-            return fair_queue.poll(state, ident, ticket, now, rules)
+        def poll(state: QueueState, now: float) -> tuple[float, float, float]:
+            return fair_queue.poll(state, ident, ticket, now, rules), now, time.monotonic()
 
         self.waiting += 1
         sent = False
         try:
-            wait = await self._transact(join)
+            wait, stamp, granted = await self._transact(join)
             while wait > 0:
                 await self._wakeup.sleep(min(wait, self.heartbeat))
-                wait = await self._transact(poll)
+                wait, stamp, granted = await self._transact(poll)
             sent = True
-            return time.monotonic() - started
+            return Slot(time.monotonic() - started, granted, stamp)
         finally:
             self.waiting -= 1
             if not sent:
@@ -113,6 +116,16 @@ class QueuedLimiter(ABC):
         with contextlib.suppress(Exception):
             await self._transact(leave)
         self._wakeup.notify()
+
+    async def restamp(self, slot: Slot, late: float) -> None:
+        if slot.stamp is None or late <= 0:
+            return
+        stamp, rules = slot.stamp, self.rules
+
+        def move(state: QueueState, now: float) -> None:
+            fair_queue.restamp(state, stamp, late, rules)
+
+        await self._transact(move)
 
     async def cool_down(self, seconds: float) -> None:
         def cool(state: QueueState, now: float) -> None:

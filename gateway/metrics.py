@@ -60,6 +60,10 @@ class Metrics:
         self.wait = Histogram(f"{PREFIX}_ratelimit_wait_seconds",
                               "Time waited for an upstream send slot.",
                               buckets=WAIT_SECONDS, registry=r)  # fmt: skip
+        self.late_sends = Counter(f"{PREFIX}_ratelimit_late_sends",
+                                  "Sends written upstream so long after their slot was "
+                                  "granted that the limiter counts them from when they left.",
+                                  registry=r)  # fmt: skip
         self.coalesced = Counter(f"{PREFIX}_coalesced_requests",
                                  "Requests answered by an identical request's call.",
                                  registry=r)  # fmt: skip
@@ -107,6 +111,9 @@ class Metrics:
 
     def waited(self, seconds: float) -> None:
         self.wait.observe(seconds)
+
+    def sent_late(self) -> None:
+        self.late_sends.inc()
 
     # -- scraping -----------------------------------------------------------------------------
 

@@ -20,12 +20,13 @@ and dropped before the next attempt.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import http.cookiejar
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,7 +41,7 @@ from tenacity import (
     wait_random,
 )
 
-from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Ticket
+from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Slot, Ticket
 from gateway.config import Settings
 from gateway.credits import Attempt
 from gateway.deadline import Deadline
@@ -139,6 +140,8 @@ class Observer(Protocol):
 
     def waited(self, seconds: float) -> None: ...
 
+    def sent_late(self) -> None: ...
+
 
 class _Unobserved:
     def attempt(self, route: str, status: str, seconds: float) -> None:
@@ -153,6 +156,17 @@ class _Unobserved:
     def waited(self, seconds: float) -> None:
         pass
 
+    def sent_late(self) -> None:
+        pass
+
+
+# httpcore's trace events for "the whole request has been written to the socket".
+WRITTEN_EVENTS = frozenset(
+    {"http11.send_request_body.complete", "http2.send_request_body.complete"}
+)
+# A request written more than this share of the margin after its slot was granted is
+# counted by the limiter from when it was written: the rest of the margin is the network's.
+LATE_SHARE_OF_MARGIN = 0.25
 
 # Transport errors that mean the request never reached the upstream (so it cost nothing).
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -211,15 +225,20 @@ class UpstreamClient:
             cookies=refusing_cookies(),
             transport=transport,
             timeout=httpx.Timeout(t.read_seconds, connect=t.connect_seconds),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            # Keep every connection a burst opened: with fewer kept, each window's burst
+            # would open (and handshake) the rest again between its grants and its writes.
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
             follow_redirects=False,
         )
+        self.late_after = settings.rate_limit.margin_seconds * LATE_SHARE_OF_MARGIN
+        self._restamping: set[asyncio.Future[None]] = set()
         r = settings.retry
         self._backoff = wait_exponential(
             multiplier=r.backoff_initial_seconds, max=r.backoff_max_seconds
         ) + wait_random(0, r.jitter_seconds)
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._restamping, return_exceptions=True)
         await self.http.aclose()
 
     def headers_for(self, caller: Mapping[str, str], accept: str) -> dict[str, str | bytes]:
@@ -330,7 +349,11 @@ class UpstreamClient:
                 self.on_free_call(request, tries)
 
     async def _attempt(
-        self, request: UpstreamRequest, headers: dict[str, str | bytes], tries: list[Attempt]
+        self,
+        request: UpstreamRequest,
+        headers: dict[str, str | bytes],
+        tries: list[Attempt],
+        slot: Slot,
     ) -> httpx.Response:
         """One attempt, recorded: no answer counts as possibly charged unless the
         connection was never made."""
@@ -338,7 +361,7 @@ class UpstreamClient:
         started = time.monotonic()
         tries.append(Attempt(None, sent=True))
         try:
-            response = await self._request(request, headers)
+            response = await self._request(request, headers, {"trace": self._on_written(slot)})
         except BaseException as exc:
             sent = not isinstance(exc, NOT_SENT_ERRORS)
             tries[-1] = Attempt(None, sent=sent)
@@ -349,17 +372,44 @@ class UpstreamClient:
         self.observer.attempt(route, str(response.status_code), time.monotonic() - started)
         return response
 
-    async def _acquire(self, ticket: Ticket) -> None:
+    def _on_written(self, slot: Slot) -> Callable[[str, Any], Awaitable[None]]:
+        """httpcore's trace hook: when the request has been written, if that was late after
+        its slot was granted, have the limiter count the send from then (in the background:
+        the answer does not wait for it)."""
+
+        async def trace(event: str, info: Any) -> None:
+            if event not in WRITTEN_EVENTS:
+                return
+            late = time.monotonic() - slot.granted
+            if late > self.late_after:
+                self.observer.sent_late()
+                restamping = asyncio.ensure_future(self._restamp(slot, late))
+                self._restamping.add(restamping)
+                restamping.add_done_callback(self._restamping.discard)
+
+        return trace
+
+    async def _restamp(self, slot: Slot, late: float) -> None:
+        try:
+            await self.limiter.restamp(slot, late)
+        except CoordinationError as exc:
+            log.error("%s: could not count a late send from when it left (%s)", exc.where, exc)
+            return
+        log.info("a request went upstream %.0f ms after its send slot was granted: the rate "
+                 "limit counts it from then", 1000 * late)  # fmt: skip
+
+    async def _acquire(self, ticket: Ticket) -> Slot:
         self.observer.queued(1)
         try:
-            waited = await self.limiter.acquire(ticket)
+            slot = await self.limiter.acquire(ticket)
         except QueueFull as exc:
             raise queue_full(exc) from None
         except CoordinationError as exc:  # a shared limiter that fails closed (Redis)
             raise coordination_unavailable(exc) from exc
         finally:
             self.observer.queued(-1)
-        self.observer.waited(waited)
+        self.observer.waited(slot.waited)
+        return slot
 
     async def _send(
         self,
@@ -382,11 +432,11 @@ class UpstreamClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._acquire(ticket)
+                    slot = await self._acquire(ticket)
                     made += 1
                     self.on_attempt()
                     on_send()
-                    response = await self._attempt(request, headers, tries)
+                    response = await self._attempt(request, headers, tries, slot)
                     if response.status_code in RETRY_STATUSES:
                         if request.forwarded:  # a short error body: read it (and free the
                             await response.aread()  # connection) so the last can be passed on
@@ -429,11 +479,14 @@ class UpstreamClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(
-        self, request: UpstreamRequest, headers: dict[str, str | bytes]
+        self,
+        request: UpstreamRequest,
+        headers: dict[str, str | bytes],
+        extensions: dict[str, Any],
     ) -> httpx.Response:
         if request.forwarded:
-            return await self._forward(request, headers)
-        kwargs: dict[str, Any] = {"headers": headers}
+            return await self._forward(request, headers, extensions)
+        kwargs: dict[str, Any] = {"headers": headers, "extensions": extensions}
         if request.json is not None:
             kwargs["json"] = request.json
         if request.data is not None:
@@ -443,7 +496,10 @@ class UpstreamClient:
         return await self.http.request(request.method, request.path, **kwargs)
 
     async def _forward(
-        self, request: UpstreamRequest, headers: dict[str, str | bytes]
+        self,
+        request: UpstreamRequest,
+        headers: dict[str, str | bytes],
+        extensions: dict[str, Any],
     ) -> httpx.Response:
         """A caller's request as sent, its answer left unread (streamed by the caller).
 
@@ -461,7 +517,7 @@ class UpstreamClient:
                for k, v in sent.items() if v]  # fmt: skip
         built = self.http.build_request(
             request.method, base.copy_with(raw_path=raw_path), headers=raw,
-            content=request.content,
+            content=request.content, extensions=extensions,
         )  # fmt: skip
         for name in ("accept", "accept-encoding"):
             if not sent.get(name) and name in built.headers:

@@ -69,7 +69,9 @@ def delta(after: dict[Any, float], before: dict[Any, float], name: str, **labels
 def test_metrics_move_by_exactly_what_happened(
     fake: FakeStability, tmp_path: Path, workers: int
 ) -> None:
-    gateway = start(tmp_path, fake, workers=workers)
+    # No margin: every send is late after its grant by the time it is written, so each of
+    # the 4 attempts is counted from its write (and counted in ratelimit_late_sends).
+    gateway = start(tmp_path, fake, workers=workers, rate_margin=0)
     try:
         before = samples(gateway)
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
@@ -105,6 +107,7 @@ def test_metrics_move_by_exactly_what_happened(
     assert after[(p + "cache_bytes", ())] > 0
     assert after[(p + "ratelimit_queue_depth", ())] == 0
     assert delta(after, before, p + "ratelimit_wait_seconds_count") == 4
+    assert delta(after, before, p + "ratelimit_late_sends_total") == 4
 
 
 def test_the_ledger_charges_calls_and_counts_what_hits_saved(

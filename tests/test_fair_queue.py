@@ -82,3 +82,31 @@ def test_state_round_trips() -> None:
     again = QueueState.from_dict(state.to_dict())
     assert again == state
     assert QueueState.from_dict(None) == QueueState()
+
+
+def test_a_restamped_send_opens_the_next_window_from_when_it_left() -> None:
+    """Two sends logged at 0.0; the first left 3 s late. The third send's turn is counted
+    from the one that left first (0.0 + 10), the fourth's from the late one (3.0 + 10)."""
+    state = QueueState()
+    rules = Rules(limit=2, span=10.0, max_wait=100.0)
+    assert fair_queue.join(state, "a", Ticket(), 0.0, rules) == 0
+    assert fair_queue.join(state, "b", Ticket(), 0.001, rules) == 0
+    fair_queue.restamp(state, 0.0, 3.0, rules)
+    assert state.sent == [0.001, 3.0]
+    assert fair_queue.join(state, "c", Ticket(), 0.002, rules) == pytest.approx(9.999)
+    assert fair_queue.join(state, "d", Ticket(), 0.002, rules) == pytest.approx(12.998)
+
+
+def test_a_restamp_of_a_send_no_longer_logged_still_counts_in_order() -> None:
+    """Its stamp was pushed out by newer sends, but it left after some of them: the log
+    keeps the last `limit` sends by when they left, sorted, and later sends stay sorted."""
+    state = QueueState(sent=[1.0, 2.0, 3.0])
+    rules = Rules(limit=3, span=10.0, max_wait=100.0)
+    fair_queue.restamp(state, 0.5, 2.0, rules)  # logged at 0.5, left at 2.5
+    assert state.sent == [2.0, 2.5, 3.0]
+    fair_queue.restamp(state, 0.1, 0.2, rules)  # left at 0.3: older than the whole log
+    assert state.sent == [2.0, 2.5, 3.0]
+    state.sent = [1.0, 5.0]
+    fair_queue.restamp(state, 1.0, 6.0, rules)  # now at 7.0, after a later send
+    assert fair_queue.join(state, "x", Ticket(), 6.0, rules) == 0
+    assert state.sent == [5.0, 6.0, 7.0]

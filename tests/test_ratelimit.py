@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cache.interfaces import CoordinationError, QueueFull, RateLimiter, Ticket
+from cache.interfaces import CoordinationError, QueueFull, RateLimiter, Slot, Ticket
 from cache.local import LocalCoordinator
 from cache.local.ratelimit import FallbackLimiter, MemoryRateLimiter
 
@@ -62,10 +62,22 @@ async def test_a_cool_down_holds_back_callers_already_queued(tmp_path: Path, bac
     await coordinator.close()
 
 
+async def test_in_process_pacing_after_a_late_send() -> None:
+    """The next send goes one interval after the late one left, not after its grant."""
+    limiter = MemoryRateLimiter(limit=1, period=0.2, max_wait=10)
+    slot = await limiter.acquire()
+    await limiter.restamp(slot, 0.5)
+    await limiter.acquire()
+    assert time.monotonic() - slot.granted >= 0.7 - 0.01
+
+
 class Broken:
     """A shared limiter whose folder cannot be written (a full disk)."""
 
-    async def acquire(self, ticket: Ticket = Ticket()) -> float:  # noqa: B008
+    async def acquire(self, ticket: Ticket = Ticket()) -> Slot:  # noqa: B008
+        raise CoordinationError("no space left on the device", where="/full")
+
+    async def restamp(self, slot: Slot, late: float) -> None:
         raise CoordinationError("no space left on the device", where="/full")
 
     async def cool_down(self, seconds: float) -> None:
@@ -85,4 +97,5 @@ async def test_a_full_disk_falls_back_to_this_workers_share(
         await limiter.acquire()
     assert time.monotonic() - started >= 0.2  # paced at the share, not unlimited
     await limiter.cool_down(1)  # does not raise
+    await limiter.restamp(Slot(0.0, time.monotonic(), stamp=1.0), 0.5)  # nor does this
     assert sum("cannot be written" in r.message for r in caplog.records) == 1  # logged once

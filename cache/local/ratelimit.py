@@ -25,7 +25,14 @@ from aiolimiter import AsyncLimiter
 
 from cache import fair_queue
 from cache.fair_queue import QueueState, Waiting
-from cache.interfaces import ANONYMOUS, CoordinationError, QueueFull, RateLimiter, Ticket
+from cache.interfaces import (
+    ANONYMOUS,
+    CoordinationError,
+    QueueFull,
+    RateLimiter,
+    Slot,
+    Ticket,
+)
 from cache.local.errors import coordination_errors
 from cache.queued_limiter import HEARTBEAT_SECONDS, TICKET_TTL_SECONDS, QueuedLimiter, Step
 
@@ -76,14 +83,16 @@ class MemoryRateLimiter:
         self.interval = (period + margin) / limit
         self.limiter = AsyncLimiter(1, self.interval)
         self.max_wait = max_wait
-        self.cooldown_until = 0.0  # time.monotonic()
+        # No send before this (time.monotonic()): a cool-down after a 429, or one interval
+        # after a send that left late (restamp).
+        self.hold_until = 0.0
         self._state = QueueState()
         self._futures: dict[str, asyncio.Future[None]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
 
-    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> Slot:
         started = time.monotonic()
-        expected = max(self.cooldown_until - started, 0.0) + len(self._futures) * self.interval
+        expected = max(self.hold_until - started, 0.0) + len(self._futures) * self.interval
         if expected > self.max_wait:
             raise QueueFull(expected, self.max_wait)
         ident = uuid.uuid4().hex
@@ -100,17 +109,18 @@ class MemoryRateLimiter:
         finally:
             self._futures.pop(ident, None)
             self._state.tickets.pop(ident, None)
-        return time.monotonic() - started
+        now = time.monotonic()
+        return Slot(now - started, now)
 
     async def _dispatch(self) -> None:
         while self._futures:
-            pause = self.cooldown_until - time.monotonic()
+            pause = self.hold_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
                 continue
             await self.limiter.acquire()
-            if time.monotonic() < self.cooldown_until:
-                continue  # a cool-down began while we waited for the token: it voids it
+            if time.monotonic() < self.hold_until:
+                continue  # a hold began while we waited for the token: it voids it
             for ident in fair_queue.fair_order(self._state):
                 future = self._futures.get(ident)
                 if future is not None and not future.done():
@@ -119,8 +129,14 @@ class MemoryRateLimiter:
                     future.set_result(None)
                     break
 
+    async def restamp(self, slot: Slot, late: float) -> None:
+        """Sends are paced one interval apart: the next goes no earlier than one interval
+        after the late one left (so a late send is not followed at once by an on-time one)."""
+        if late > 0:
+            self.hold_until = max(self.hold_until, slot.granted + late + self.interval)
+
     async def cool_down(self, seconds: float) -> None:
-        self.cooldown_until = max(self.cooldown_until, time.monotonic() + seconds)
+        self.hold_until = max(self.hold_until, time.monotonic() + seconds)
 
     def queue_depth(self) -> int:
         return len(self._futures)
@@ -145,12 +161,22 @@ class FallbackLimiter:
                 self.where, exc,
             )  # fmt: skip
 
-    async def acquire(self, ticket: Ticket = ANONYMOUS) -> float:
+    async def acquire(self, ticket: Ticket = ANONYMOUS) -> Slot:
         try:
             return await self.primary.acquire(ticket)
         except CoordinationError as exc:
             self._degraded(exc)
             return await self.fallback.acquire(ticket)
+
+    async def restamp(self, slot: Slot, late: float) -> None:
+        """To the limiter that granted the slot: only the primary logs stamps."""
+        if slot.stamp is None:
+            await self.fallback.restamp(slot, late)
+            return
+        try:
+            await self.primary.restamp(slot, late)
+        except CoordinationError as exc:
+            self._degraded(exc)
 
     async def cool_down(self, seconds: float) -> None:
         await self.fallback.cool_down(seconds)

@@ -112,6 +112,19 @@ class TestRateLimit:
         assert caught.value.wait == pytest.approx(10.0, abs=0.5)
         assert coordinator.limiter.queue_depth() == 0
 
+    async def test_a_send_that_left_late_is_counted_from_then(
+        self, open_coordinator: CoordinatorFactory
+    ) -> None:
+        """One send per 10 s; the first left 3 s after its grant (a slow handshake): the next
+        turn is 10 s after it left, not after it was granted."""
+        coordinator = open_coordinator(limit=1, period=10.0, max_wait=5.0)
+        slot = await coordinator.limiter.acquire()
+        assert slot.stamp is not None and slot.waited < 5
+        await coordinator.limiter.restamp(slot, 3.0)
+        with pytest.raises(QueueFull) as caught:
+            await coordinator.limiter.acquire()
+        assert caught.value.wait == pytest.approx(13.0, abs=0.5)
+
     async def test_a_cool_down_holds_everyone(self, open_coordinator: CoordinatorFactory) -> None:
         coordinator = open_coordinator(limit=100, period=1.0, max_wait=0.5)
         await coordinator.limiter.cool_down(5)
