@@ -124,6 +124,15 @@ def contention(gateways: list[GatewayProcess]) -> tuple[int, int]:
     return committed, retried
 
 
+LATE_SEND = re.compile(r"a request went upstream (\d+) ms after its send slot was granted")
+
+
+def late_sends(gateways: list[GatewayProcess]) -> list[int]:
+    """How late (ms after the grant) each send the limiter counted from its write was, from
+    the gateways' logs."""
+    return [int(m.group(1)) for g in gateways for m in LATE_SEND.finditer(g.logs())]
+
+
 @contextlib.contextmanager
 def running_module(module: str, *args: str, probe: str = "/") -> Iterator[tuple[int, int]]:
     """`python -m <module> --serve PORT *args` (a bench helper server) on a free loopback

@@ -1,22 +1,30 @@
 """Section 3: limiter conformance under a backlog of distinct requests, at a scaled limit.
 
 The fake upstream sits behind UpstreamRateLimit, which answers 429 as Stability does when
-a sliding window holds more calls than the limit and records every arrival. The client keeps
-twice the limit of distinct requests outstanding, so the gateway always has a queue.
+a sliding window holds more calls than the limit and records every arrival; it runs in a
+process of its own (bench.fakeproc), so that the load client cannot delay its stamps. The
+client keeps twice the limit of distinct requests outstanding, so the gateway always has a
+queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from bench import fakeproc
 from bench.context import Context
 from bench.load import Tally, backlog
 from bench.report import Measurement, SectionResult, Target
-from bench.servers import RateLimit, contention, running_redis, start_gateway, start_replicas
-from bench.upstream import UpstreamRateLimit, running_fake
-from tests.fakes import ok
+from bench.servers import (
+    RateLimit,
+    contention,
+    late_sends,
+    running_redis,
+    start_gateway,
+    start_replicas,
+)
 from tests.fakes.stability import count_max_in_window
 
 
@@ -47,6 +55,7 @@ class LimiterRun:
     seconds: float
     replicas: int = 0  # > 0: that many gateways sharing one Redis (one worker each)
     contention: tuple[int, int] = (0, 0)  # Redis limiter: (committed, retried) changes
+    late_ms: list[int] = field(default_factory=list)  # sends counted from their write
 
     @property
     def who(self) -> str:
@@ -71,6 +80,8 @@ class LimiterRun:
             "upstream_arrivals": len(self.arrivals),
             "upstream_arrivals_during_load": len(self.in_run()),
             "upstream_429s": self.refused,
+            "sends_counted_from_their_write": len(self.late_ms),
+            "late_ms_after_grant": sorted(self.late_ms),
             "arrival_offsets_s": [round(t - start, 4) for t in sorted(self.arrivals)],
             "client": self.tally.to_json(),
         }
@@ -79,10 +90,7 @@ class LimiterRun:
 def _run_once(ctx: Context, workers: int) -> LimiterRun:
     o = ctx.options
     rate = RateLimit(o.limiter_limit, o.limiter_period)
-    latency = o.upstream_latency
-    with running_fake(ok(delay=latency), limit=(rate.limit, rate.period)) as fake:
-        enforcer = fake.app
-        assert isinstance(enforcer, UpstreamRateLimit)
+    with fakeproc.running(o.upstream_latency, rate.limit, rate.period) as fake:
         gateway = start_gateway(
             ctx.work, f"limiter-{workers}w", fake.url, rate=rate, workers=workers
         )
@@ -99,7 +107,9 @@ def _run_once(ctx: Context, workers: int) -> LimiterRun:
             )
         finally:
             gateway.stop()
-        return LimiterRun(workers, enforcer.arrivals, enforcer.refused, tally, o.limiter_duration)
+        arrivals, refused = fake.arrivals()
+        return LimiterRun(workers, arrivals, refused, tally, o.limiter_duration,
+                          late_ms=late_sends([gateway]))  # fmt: skip
 
 
 def _run_replicas(ctx: Context, replicas: int) -> LimiterRun:
@@ -108,10 +118,8 @@ def _run_replicas(ctx: Context, replicas: int) -> LimiterRun:
     rate = RateLimit(o.limiter_limit, o.limiter_period)
     with (
         running_redis(ctx.work, "limiter-redis") as redis,
-        running_fake(ok(delay=o.upstream_latency), limit=(rate.limit, rate.period)) as fake,
+        fakeproc.running(o.upstream_latency, rate.limit, rate.period) as fake,
     ):
-        enforcer = fake.app
-        assert isinstance(enforcer, UpstreamRateLimit)
         gateways = start_replicas(ctx.work, "limiter-redis", fake.url, redis.url, rate=rate,
                                   count=replicas)  # fmt: skip
         try:
@@ -128,8 +136,10 @@ def _run_replicas(ctx: Context, replicas: int) -> LimiterRun:
         finally:
             for gateway in gateways:
                 gateway.stop()
-        return LimiterRun(1, enforcer.arrivals, enforcer.refused, tally, o.limiter_duration,
-                          replicas=replicas, contention=contention(gateways))  # fmt: skip
+        arrivals, refused = fake.arrivals()
+        return LimiterRun(1, arrivals, refused, tally, o.limiter_duration,
+                          replicas=replicas, contention=contention(gateways),
+                          late_ms=late_sends(gateways))  # fmt: skip
 
 
 def _rows(run: LimiterRun, limit: int, period: float) -> list[Measurement]:
@@ -163,6 +173,17 @@ def _rows(run: LimiterRun, limit: int, period: float) -> list[Measurement]:
     ]
 
 
+def _late(late_ms: list[int]) -> str:
+    if not late_ms:
+        return "no send was written late enough after its grant to be counted from its write"
+    ordered = sorted(late_ms)
+    return (
+        f"{len(ordered)} sends were written late enough after their grant to be counted from "
+        f"their write ({ordered[len(ordered) // 2]} ms after it at the median, {ordered[-1]} "
+        f"ms at most)"
+    )
+
+
 def run(ctx: Context) -> SectionResult:
     o = ctx.options
     section = SectionResult("limiter", "rate-limiter conformance")
@@ -187,7 +208,8 @@ def run(ctx: Context) -> SectionResult:
             f"({len(r.arrivals)} in all), client answers {r.tally.statuses()}, "
             f"transport errors {dict(r.tally.errors)}, {r.tally.cancelled} requests still "
             f"queued when the load stopped were cancelled by the client; "
-            f"{len(r.arrivals) - len(r.in_run())} upstream calls came after the load stopped."
+            f"{len(r.arrivals) - len(r.in_run())} upstream calls came after the load stopped; "
+            f"{_late(r.late_ms)}."
         )
     section.notes += [
         f"Limit {o.limiter_limit} per {o.limiter_period:g} s (the production 150 per 60 s, "
