@@ -20,7 +20,7 @@ from cache.local import LocalCoordinator
 from gateway.config import Settings
 from gateway.deadline import Deadline
 from gateway.generation import UpstreamRequest
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, _Unobserved
 from tests.fakes.stability import FakeStability, ok
 
 pytestmark = pytest.mark.anyio
@@ -49,21 +49,11 @@ class HeldBack(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-class Recorded:
+class Recorded(_Unobserved):
+    """Counts the late sends; the client's other reports are ignored."""
+
     def __init__(self) -> None:
         self.late = 0
-
-    def attempt(self, route: str, status: str, seconds: float) -> None:
-        pass
-
-    def retry(self, reason: str) -> None:
-        pass
-
-    def queued(self, delta: int) -> None:
-        pass
-
-    def waited(self, seconds: float) -> None:
-        pass
 
     def sent_late(self) -> None:
         self.late += 1
