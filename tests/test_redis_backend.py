@@ -261,6 +261,32 @@ async def test_version_tier_asks_on_every_hit(redis_server: RedisServer, redis_p
     await writer.close()
 
 
+async def test_version_reads_that_overlap_go_as_one_round_trip(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Version mode under load: the hits that ask at once share one pipeline, each still
+    answered with its own key's version, and a write made before a hit asks is what the
+    hit sees."""
+    connection = RedisConnection(redis_server.url, prefix=redis_prefix)
+    store = RedisEntryStore(connection, RedisBlobStore(connection))
+    other = RedisConnection(redis_server.url, prefix=redis_prefix)
+    writer = RedisEntryStore(other, RedisBlobStore(other))
+    try:
+        metas = {k: await writer.put(k, [Artifact(k.encode(), 1)], {}) for k in ("a", "b")}
+        keys = ["a", "b", "none"] * 20
+        before = store.index._versions.round_trips
+        got = await asyncio.gather(*(store.version(k) for k in keys))
+        assert got == [metas["a"].version, metas["b"].version, None] * 20
+        assert store.index._versions.round_trips - before == 2  # the first, then the rest
+        replaced = await writer.put("a", [Artifact(b"a2", 1)], {})
+        assert await asyncio.gather(store.version("a"), store.version("b")) == [
+            replaced.version, metas["b"].version,
+        ]  # fmt: skip
+    finally:
+        await store.close()
+        await writer.close()
+
+
 def test_settings_for_redis(tmp_path: Path) -> None:
     none = tmp_path / "none.toml"
     none.write_text("")

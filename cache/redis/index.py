@@ -34,6 +34,7 @@ from typing import Any
 from cache.interfaces import EntryQuery
 from cache.model import ArtifactInfo, EntryMeta
 from cache.redis import scripts
+from cache.redis.coalesced import CoalescedReads
 from cache.redis.connection import RedisConnection
 
 # Members read per search call: each call holds Redis about 2 ms at most (measured).
@@ -88,13 +89,25 @@ class RedisIndex:
         self._delete = self.client.register_script(scripts.DELETE)
         self._add_hits = self.client.register_script(scripts.ADD_HITS)
         self._search_chunk = self.client.register_script(scripts.SEARCH)
+        self._versions: CoalescedReads[str | None] = CoalescedReads(self._read_versions)
 
     def entry_key(self, key: str) -> str:
         return self.connection.key("e", key)
 
     async def version(self, key: str) -> str | None:
-        value = await self.client.hget(self.entry_key(key), "version")
-        return None if value is None else _text(value)
+        """Asked on every hit in version mode: reads that overlap go as one pipeline
+        (cache.redis.coalesced), each sent after its caller asked."""
+        return await self._versions.read(key)
+
+    async def _read_versions(self, keys: Sequence[str]) -> list[str | None]:
+        if len(keys) == 1:
+            values = [await self.client.hget(self.entry_key(keys[0]), "version")]
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(self.entry_key(key), "version")
+                values = await pipe.execute()
+        return [None if value is None else _text(value) for value in values]
 
     async def meta(self, key: str) -> EntryMeta | None:
         return meta_from_hash(key, await self.client.hgetall(self.entry_key(key)))
