@@ -1,6 +1,6 @@
 """Does the shape of a hit's send matter? One buffer against slices, PNG against JSON.
 
-    python -m bench.sendshape [--seconds 10] [--connections 64]
+    python -m bench.sendshape [--seconds 10] [--connections 64] [--workers 1] [--only png,json]
 
 Not part of `python -m bench`: it answers one question of the JSON-hit target. A JSON hit
 sends the upstream's base64 (about 1.34 times the PNG's bytes), already built and held by
@@ -10,6 +10,8 @@ flow-control wait per slice. This serves the same bytes from memory in each shap
 uvicorn (httptools, one worker, as `stability-gateway serve` runs) with nothing else on the
 path, loads each with wrk -c64, and prints req/s, MB/s and the ratio to the PNG sent as one
 buffer: the JSON/PNG ratio of one buffer is the byte bound this machine gives a hit, measured.
+With `--workers 2 --only png` it is the most any app under uvicorn could answer of the
+bench's PNG hit with two workers (nothing done per request but the send).
 """
 
 from __future__ import annotations
@@ -71,10 +73,13 @@ def make_app() -> object:
     return app
 
 
-def serve(port: int) -> None:
+def serve(port: int, workers: int = 1) -> None:
     import uvicorn
 
-    uvicorn.run(make_app(), host="127.0.0.1", port=port, http="httptools", log_level="warning")  # type: ignore[arg-type]
+    uvicorn.run(
+        "bench.sendshape:make_app", factory=True, workers=workers, host="127.0.0.1",
+        port=port, http="httptools", log_level="warning",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,18 +87,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers (as --workers)")
+    p.add_argument("--only", default="", help="shapes to run, comma-separated (png,json,...)")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.workers)
         return 0
     wrk_path = tools.ensure_tools([])["wrk"]
     WORK.mkdir(parents=True, exist_ok=True)
     body_file, _ = write_bodies(WORK)
-    with running_module("bench.sendshape", probe="/png") as (port, _pid):
+    chosen = set(args.only.split(",")) if args.only else {name for name, _b, _s in SHAPES}
+    workers = ("--workers", str(args.workers))
+    with running_module("bench.sendshape", *workers, probe="/png") as (port, _pid):
         url = f"http://127.0.0.1:{port}"
         rows = []
         for name, _body, size in SHAPES:
+            if name not in chosen:
+                continue
             job = wrk.WrkJob(
                 url=f"{url}/{name}", body_file=body_file, accept="*/*",
                 connections=args.connections, threads=2, duration=args.warmup,
@@ -102,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wrk.run(wrk_path, job)
             measured = wrk.run(wrk_path, dataclasses.replace(job, duration=args.seconds))
             rows.append((name, size, measured))
-    base = rows[0][2].rps
+    base = rows[0][2].rps  # the first shape run (png, unless left out)
     print(f"{'shape':<10} {'slice':>8} {'req/s':>8} {'MB/s':>8} {'p99 ms':>8} {'/ png':>6} failed")
     for name, size, r in rows:
         mbps = r.bytes / r.duration_s / 1e6
