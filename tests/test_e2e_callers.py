@@ -217,7 +217,8 @@ def test_interactive_requests_go_before_a_batch_backlog(
     fake: FakeStability, tmp_path: Path, workers: int
 ) -> None:
     """batch-job queues 60 requests against 5 per 2 s; then dev sends one: it reaches the
-    upstream within the next 2 slots, and batch-job's requests all go in their order."""
+    upstream within the next 2 slots, and batch-job's requests go in their order (with 2
+    workers, neighbours may swap: see below)."""
     gateway = start(tmp_path, fake, workers=workers, rate_limit=5, rate_period=2,
                     rate_margin=0.05, rate_max_wait=120, deadline=120)  # fmt: skip
     try:
@@ -226,7 +227,17 @@ def test_interactive_requests_go_before_a_batch_backlog(
         gateway.stop()
     print(f"\n{workers} worker(s): {before} batch calls before dev asked; dev was call {dev_at}")
     assert dev_at - before < 2  # one of the next 2 slots
-    assert order == list(range(60))
+    if workers == 1:  # one process's joins are taken in their order (a FIFO lock)
+        assert order == list(range(60))
+    else:
+        # Each worker joins the shared queue in its own SQLite transaction; a join held up
+        # in its worker (waiting for the other's lock, or for a core on a busy machine) can
+        # commit after a request sent 50 ms later, and a free slot goes to whoever has
+        # joined (seen in CI: [0, 2, 1, 3, ...]). Neighbours may swap; none may pass a
+        # request sent 200 ms (4 requests) before it.
+        assert sorted(order) == list(range(60))
+        place = {n: i for i, n in enumerate(order)}
+        assert all(place[a] < place[b] for a in range(60) for b in range(a + 4, 60)), order
     assert fake.max_in_window(2.0) <= 5
 
 
