@@ -191,6 +191,32 @@ def test_a_miss_on_one_replica_is_a_hit_on_the_other(
     )
 
 
+def test_version_checks_of_concurrent_hits_see_a_delete_made_before_them(
+    fake: FakeStability, redis_server: RedisServer, start_pair: StartPair, prompt: str
+) -> None:
+    """hit_check = "version" under load (its reads share round trips,
+    cache.redis.coalesced): 40 hits at once on B are all HITs of A's image; once A has
+    deleted the entry, none of the next 40 at once on B is served from B's memory copy."""
+    a, b = start_pair(fake.url, redis_server.url, redis_hit_check="version")
+    first = post(a, body(prompt))
+    assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=40)
+        async with httpx.AsyncClient(base_url=b.url, timeout=60, limits=limits) as client:
+            return await asyncio.gather(*(client.post(TEXT, json=body(prompt)) for _ in range(40)))
+
+    hits = asyncio.run(burst())
+    assert {(r.status_code, r.headers["x-cache"]) for r in hits} == {(200, "HIT")}
+    assert all(r.json() == first.json() for r in hits)
+    deleted = httpx.delete(f"{a.url}/cache/entries/{first.headers['x-cache-key']}")
+    assert deleted.status_code == 200  # no wait: version mode needs no message
+    fake.script(ok(delay=1.0))  # B's 40 all arrive while its one call is under way
+    after = asyncio.run(burst())
+    assert all(r.status_code == 200 and r.headers["x-cache"] != "HIT" for r in after)
+    assert len(fake.generation_calls()) == 2  # one call for B's 40 (single-flight)
+
+
 def test_a_miss_on_one_replica_is_a_hit_on_the_other_with_s3_blobs(
     fake: FakeStability,
     redis_server: RedisServer,
