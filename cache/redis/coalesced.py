@@ -39,7 +39,7 @@ class CoalescedReads(Generic[V]):
         # loop, which a lone hit would pay for in an epoll call).
         self._out = True
         try:
-            return self._one(await self._round_trip([key]))
+            return (await self._round_trip([key]))[0]
         finally:
             self._done()
 
@@ -49,10 +49,6 @@ class CoalescedReads(Generic[V]):
         if len(values) != len(keys):
             raise RuntimeError(f"{len(values)} values read for {len(keys)} keys")
         return values
-
-    @staticmethod
-    def _one(values: list[V]) -> V:
-        return values[0]
 
     def _done(self) -> None:
         """The read under way came back: send what was asked meanwhile."""
